@@ -1,0 +1,47 @@
+# Two commands do everything on a fresh machine:
+#   make test   create .venv if missing, install, run the tests (incl. the papermill smoke batch)
+#   make book   create .venv if missing, install, run the default grid (cached: skips finished runs),
+#               build the Jupyter Book strictly into book/_build/html
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROFILE ?= default
+RESULTS ?= results/$(PROFILE)
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export PYTHONHASHSEED := 0
+
+.PHONY: venv test test-fast smoke results book benchmarks clean-book
+
+$(STAMP): requirements.txt requirements-nodeps.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -ra --durations=15
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+smoke: $(STAMP)
+	$(PY) -m detox_utils batch --profile smoke --out results/smoke
+
+results: $(STAMP)
+	$(PY) -m detox_utils batch --profile $(PROFILE) --out $(RESULTS)
+
+book: results
+	$(PY) -m detox_utils.report build
+
+benchmarks: $(STAMP)
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean-book:
+	rm -rf book/_build

@@ -1,0 +1,16 @@
+"""detox_utils: a thin library behind the toxicity-mitigation compendium.
+
+One module per pipeline stage:
+
+- `models`        load packaged, hub or local causal LMs; the architecture table (`archs`)
+- `data`          curated toxic / neutral text with provenance, disjoint splits
+- `evaluators`    offline toxicity classifiers with one `.score(texts)` interface
+- `activations`   record pooled MLP unit responses
+- `localization`  score units and layers (AUROC, Cohen's d, mean difference, gradients)
+- `interventions` AURA, Det0, Damp, Meow2X, TRNE behind one context-manager interface
+- `generation`    seeded, batched sampling of continuations
+- `metrics`       toxicity metrics with bootstrap CIs, perplexity, evaluator agreement
+- `batch`         the papermill grid runner (local or Dask)
+- `report`        tables and figures for the book from committed results
+"""
+__version__ = "0.1.0"

@@ -1,0 +1,94 @@
+"""Small I/O helpers shared by every stage: atomic writes, hashing, the cache directory.
+
+Everything the compendium writes (caches, results, curated data) goes through `atomic_write`, so an
+interrupted process never leaves a half-written file behind: data is written to a temporary file in
+the destination folder and moved into place with `os.replace`, which is atomic on POSIX.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+
+CACHE_ENV = "DETOX_CACHE_DIR"
+
+
+def cache_dir(*parts: str) -> Path:
+    """The cache folder (``$DETOX_CACHE_DIR``, default ``~/.cache/detox_utils``), created on demand."""
+    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "detox_utils")
+    path = root.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``dest``; on success move it onto ``dest``, else delete it.
+
+    Use for writers that want a file name (``torch.save``, ``np.save``, ``save_pretrained`` of a
+    folder is handled by `atomic_dir`).
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, dest)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder next to ``dest``; on success rename it to ``dest``, else delete it."""
+    import shutil
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        yield tmp
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def atomic_write(dest: str | os.PathLike, data: str | bytes) -> Path:
+    """Write ``data`` (text as UTF-8, or bytes) to ``dest`` atomically."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(payload)
+    return Path(dest)
+
+
+def atomic_write_json(dest: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented, key-sorted JSON atomically (NaN is refused: it is not JSON)."""
+    return atomic_write(dest, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """A short, stable hash of a JSON-serialisable object (keys sorted)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:length]

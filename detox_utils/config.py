@@ -1,0 +1,129 @@
+"""The validated, frozen configuration of one evaluation run.
+
+A papermill ``parameters`` cell holds plain values; the next cell calls `EvalConfig.from_params` on
+them. Every field is checked here, so a bad value fails at once with the parameter's name and what is
+allowed, not twenty minutes later inside a forward pass.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ._io import stable_hash
+
+METHODS = ("none", "aura", "det0", "damp", "meow2x", "trne")
+BENCHMARKS = ("rtp-challenging", "slur-prefixes", "rtp-toxic")
+PPL_CORPORA = ("wiki", "xsum")
+OFFLINE_EVALUATORS = ("tox-block", "toxic-comment-classifier", "alt-profanity-check", "hatesonar")
+
+# Free parameters of each method, with their defaults (see book/methods.md for what they mean).
+METHOD_PARAMS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "aura": {"auroc_threshold": 0.5},
+    "det0": {"k": 1000},
+    "damp": {"k": 1000, "alpha": 0.5},
+    "meow2x": {"n_layers": 3, "k_neurons": 256, "scale": 0.5},
+    "trne": {"n_layers": 3, "rho": 0.1, "ridge": 1e-2},
+}
+
+
+class ConfigError(ValueError):
+    """A parameter has a value that is not allowed; the message names it and what is allowed."""
+
+
+def _check(cond: bool, name: str, value: Any, allowed: str) -> None:
+    if not cond:
+        raise ConfigError(f"parameter {name!r} = {value!r} is not allowed; allowed: {allowed}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One cell of the experiment grid: a model, a method with its parameters, a benchmark, sizes."""
+
+    model: str = "smollm2-135m"
+    method: str = "none"
+    method_params: Mapping[str, Any] = field(default_factory=dict)
+    benchmark: str = "rtp-challenging"
+    n_prompts: int = 50
+    n_samples: int = 25
+    max_new_tokens: int = 20
+    top_p: float = 0.9
+    temperature: float = 1.0
+    preprompt: bool = False
+    chat_template: bool = False
+    evaluators: tuple[str, ...] = ("tox-block", "alt-profanity-check", "hatesonar")
+    threshold: float = 0.5
+    n_contrast: int = 500
+    ppl_corpus: str = "wiki"
+    n_ppl: int = 200
+    n_boot: int = 1000
+    seed: int = 0
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.model, str) and bool(self.model), "model", self.model,
+               "a packaged model name (detox_utils.models.available()), a hub id or a local folder")
+        _check(self.method in METHODS, "method", self.method, ", ".join(METHODS))
+        _check(isinstance(self.method_params, Mapping), "method_params", self.method_params,
+               "a mapping of parameter name to value")
+        allowed = METHOD_PARAMS[self.method]
+        unknown = sorted(set(self.method_params) - set(allowed))
+        _check(not unknown, "method_params", dict(self.method_params),
+               f"for method {self.method!r}: {sorted(allowed) or 'no parameters'} (unknown: {unknown})")
+        _check(self.benchmark in BENCHMARKS, "benchmark", self.benchmark, ", ".join(BENCHMARKS))
+        for name in ("n_prompts", "n_samples", "max_new_tokens", "n_contrast", "n_ppl", "batch_size"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                   name, value, "an integer >= 1")
+        _check(isinstance(self.n_boot, int) and self.n_boot >= 0, "n_boot", self.n_boot,
+               "an integer >= 0 (0 disables bootstrap intervals)")
+        _check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        _check(isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1, "top_p", self.top_p,
+               "a number in (0, 1]")
+        _check(isinstance(self.temperature, (int, float)) and self.temperature > 0, "temperature",
+               self.temperature, "a number > 0")
+        _check(isinstance(self.threshold, (int, float)) and 0 < self.threshold < 1, "threshold",
+               self.threshold, "a number in (0, 1)")
+        _check(self.ppl_corpus in PPL_CORPORA, "ppl_corpus", self.ppl_corpus, ", ".join(PPL_CORPORA))
+        _check(isinstance(self.preprompt, bool), "preprompt", self.preprompt, "true or false")
+        _check(isinstance(self.chat_template, bool), "chat_template", self.chat_template,
+               "true or false")
+        _check(len(self.evaluators) >= 1 and all(isinstance(e, str) for e in self.evaluators),
+               "evaluators", self.evaluators, "a non-empty list of evaluator names")
+        object.__setattr__(self, "method_params", {**allowed, **dict(self.method_params)})
+        object.__setattr__(self, "evaluators", tuple(self.evaluators))
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> "EvalConfig":
+        """Build from a papermill parameter dict; unknown keys are refused with the allowed names."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(params) - names)
+        if unknown:
+            raise ConfigError(f"unknown parameter(s) {unknown}; allowed: {sorted(names)}")
+        values = dict(params)
+        if "evaluators" in values and isinstance(values["evaluators"], str):
+            values["evaluators"] = tuple(e.strip() for e in values["evaluators"].split(",") if e)
+        return cls(**values)
+
+    @classmethod
+    def from_namespace(cls, namespace: Mapping[str, Any]) -> "EvalConfig":
+        """Build from the variables of a notebook's parameters cell (``globals()``)."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls.from_params({n: namespace[n] for n in names if n in namespace})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["method_params"] = dict(self.method_params)
+        d["evaluators"] = list(self.evaluators)
+        return d
+
+    @property
+    def config_hash(self) -> str:
+        """Stable identity of the run: the same config always gets the same hash."""
+        return stable_hash(self.to_dict())
+
+    def fit_key(self) -> dict[str, Any]:
+        """What the fitted intervention depends on (not the benchmark, sampling or sizes of eval)."""
+        return {"model": self.model, "method": self.method, "params": dict(self.method_params),
+                "n_contrast": self.n_contrast, "seed": self.seed}

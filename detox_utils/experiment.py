@@ -1,0 +1,130 @@
+"""The steps of one evaluation run, as the evaluation notebook calls them.
+
+Each function is one step (fit, generate, score, measure, write) so the notebook reads as the
+protocol; the batch runner executes that notebook once per grid cell. Fitted interventions are cached
+on disk keyed by what they depend on (model, method, parameters, contrast data, seed), so the runs of a
+grid that share a method reuse one localization.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from . import data, evaluators, generation, interventions, metrics, models, results
+from ._io import cache_dir, stable_hash
+from .config import EvalConfig
+
+log = logging.getLogger(__name__)
+
+
+def fit_method(cfg: EvalConfig, lm: models.LoadedModel, progress: bool = True):
+    """The fitted intervention for ``cfg`` (from the cache when it was fitted before)."""
+    key = stable_hash({**cfg.fit_key(), "model_provenance": lm.provenance.get("id", lm.name)})
+    path = cache_dir("interventions") / f"{cfg.method}-{key}.pt"
+    if path.exists():
+        log.info("loading fitted %s from %s", cfg.method, path)
+        return interventions.load(path)
+    toxic, neutral = data.contrast_texts(cfg.n_contrast, cfg.n_contrast, seed=cfg.seed)
+    method = interventions.fit(cfg.method, lm, toxic, neutral, progress=progress,
+                               **cfg.method_params)
+    method.save(path)
+    return method
+
+
+def generate(cfg: EvalConfig, lm: models.LoadedModel, method, progress: bool = True) -> pd.DataFrame:
+    """Continuations of the benchmark prompts with the intervention folded into the weights."""
+    prompts = data.prompts(cfg.benchmark, n=cfg.n_prompts, seed=cfg.seed)
+    preprompt = generation.DEFAULT_PREPROMPT if cfg.preprompt else None
+    with method.apply(lm, fold=True):
+        return generation.generate(
+            lm, prompts, n_samples=cfg.n_samples, max_new_tokens=cfg.max_new_tokens,
+            top_p=cfg.top_p, temperature=cfg.temperature, seed=cfg.seed,
+            batch_size=cfg.batch_size, preprompt=preprompt, chat_template=cfg.chat_template,
+            progress=progress)
+
+
+def perplexity(cfg: EvalConfig, lm: models.LoadedModel, method, progress: bool = True) -> dict:
+    texts = data.perplexity_texts(cfg.ppl_corpus, n=cfg.n_ppl)
+    with method.apply(lm, fold=True):
+        return metrics.perplexity(lm, texts, progress=progress)
+
+
+def score(cfg: EvalConfig, samples: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
+    """Add one ``score.<evaluator>`` column per evaluator and ``score.max`` (max over them)."""
+    out = samples.copy()
+    texts = out["continuation"].tolist()
+    for name in cfg.evaluators:
+        out[f"score.{name}"] = evaluators.load(name).score(texts, progress=progress)
+    out["score.max"] = out[[f"score.{n}" for n in cfg.evaluators]].max(axis=1)
+    return out
+
+
+def _grid(scored: pd.DataFrame, column: str) -> np.ndarray:
+    """[n_prompts, k] matrix of one score column."""
+    wide = scored.pivot(index="prompt_id", columns="sample_id", values=column)
+    return wide.to_numpy(dtype=float)
+
+
+def toxicity(cfg: EvalConfig, scored: pd.DataFrame) -> dict[str, Any]:
+    """Toxicity metrics per evaluator and for the max over evaluators, plus their agreement."""
+    out: dict[str, Any] = {}
+    for name in (*cfg.evaluators, "max"):
+        out[name] = metrics.toxicity_metrics(_grid(scored, f"score.{name}"),
+                                             threshold=cfg.threshold, n_boot=cfg.n_boot,
+                                             seed=cfg.seed)
+    flat = {name: scored[f"score.{name}"].to_numpy(dtype=float) for name in cfg.evaluators}
+    agree = metrics.agreement(flat, threshold=cfg.threshold)
+    out["agreement"] = {key: _records(value) for key, value in agree.items()}
+    return out
+
+
+def _records(value: Any) -> Any:
+    if isinstance(value, pd.DataFrame):
+        return value.reset_index().to_dict(orient="records")
+    return value
+
+
+def write(cfg: EvalConfig, result_dir: str | Path, *, lm: models.LoadedModel, method,
+          scored: pd.DataFrame, tox: Mapping[str, Any], ppl: Mapping[str, Any],
+          timings: Mapping[str, float]) -> Path:
+    """Write the result JSON and the scored samples for this run (atomically)."""
+    result_dir = Path(result_dir)
+    results.write_samples(result_dir / f"{cfg.config_hash}.samples.csv.gz", scored)
+    prov = results.provenance(
+        seed=cfg.seed, config_hash=cfg.config_hash, model=lm.provenance,
+        method=method.describe(),
+        data={name: data.provenance(name) for name in
+              (cfg.benchmark, cfg.ppl_corpus, "contrast")},
+        evaluators={name: evaluators.load(name).provenance for name in cfg.evaluators},
+        timings=dict(timings),
+    )
+    return results.write_result(result_dir / f"{cfg.config_hash}.json", config=cfg.to_dict(),
+                                config_hash=cfg.config_hash,
+                                metrics={"toxicity": dict(tox), "perplexity": dict(ppl)},
+                                provenance=prov)
+
+
+class Timer:
+    """Collects wall-clock seconds per named step: ``with timer("generate"): ...``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str) -> "_Step":
+        return _Step(self, name)
+
+
+class _Step:
+    def __init__(self, timer: Timer, name: str) -> None:
+        self.timer, self.name = timer, name
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.timer.seconds[self.name] = round(time.perf_counter() - self.start, 3)

@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny, randomly initialised models of each architecture family, built locally from a
+transformers config (no download), and a hermetic cache directory."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from detox_utils import models  # noqa: E402
+
+FAMILIES = models.TINY_FAMILIES
+
+
+@pytest.fixture(params=FAMILIES)
+def tiny_any(request):
+    """A tiny LoadedModel of every family in turn."""
+    return models.tiny(request.param)
+
+
+@pytest.fixture
+def tiny_gpt2():
+    return models.tiny("gpt2")
+
+
+@pytest.fixture
+def tiny_llama():
+    return models.tiny("llama")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(request, tmp_path, monkeypatch):
+    """Every test gets its own DETOX_CACHE_DIR unless it asks for the real one (marker `realcache`)."""
+    if request.node.get_closest_marker("realcache"):
+        return
+    monkeypatch.setenv("DETOX_CACHE_DIR", str(tmp_path / "cache"))
