@@ -1,0 +1,111 @@
+"""The batch runner: profile expansion, dry runs, idempotence, failure recording, Dask scale-out.
+
+The runs execute a small stand-in notebook (tests/data/fake_evaluate.ipynb) through real papermill
+kernels, so what is tested is the runner, not the models; `test_smoke_profile` in test_notebooks.py
+runs the real evaluation notebook."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from detox_utils import batch, results
+from detox_utils.__main__ import main
+from detox_utils.config import ConfigError, EvalConfig
+
+FAKE_NB = Path(__file__).parent / "data" / "fake_evaluate.ipynb"
+
+
+@pytest.fixture
+def profiles(tmp_path):
+    path = tmp_path / "profiles.yaml"
+    path.write_text(yaml.safe_dump({
+        "tiny": {"models": ["m"], "benchmarks": ["rtp-challenging"],
+                 "settings": {"n_prompts": 2},
+                 "methods": [{"method": "none"}, {"method": "damp", "k": [1, 2]},
+                             {"method": "det0", "k": 1}]},
+    }))
+    return path
+
+
+def test_packaged_profiles_expand():
+    for name in ("smoke", "default", "paper"):
+        configs = batch.expand(batch.get_profile(name))
+        assert configs and len({c.config_hash for c in configs}) == len(configs)
+    methods = {c.method for c in batch.expand(batch.get_profile("default"))}
+    assert methods == {"none", "aura", "det0", "damp", "meow2x", "trne"}
+
+
+def test_unknown_profile_lists_profiles(capsys):
+    with pytest.raises(ValueError, match="profiles: default, paper, smoke"):
+        batch.get_profile("nope")
+    assert main(["batch", "--profile", "nope", "--out", "x", "--dry-run"]) == 2
+    assert "unknown profile 'nope'" in capsys.readouterr().err
+
+
+def test_dry_run_prints_one_line_per_run(profiles, tmp_path, capsys):
+    assert main(["batch", "--profile", "tiny", "--out", str(tmp_path / "o"), "--dry-run",
+                 "--profiles", str(profiles)]) == 0
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("planned")]
+    assert len(lines) == 4
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_run_resume_and_failure(profiles, tmp_path):
+    out = tmp_path / "out"
+    first = batch.run_batch("tiny", out, profiles_path=profiles, notebook=FAKE_NB, progress=False)
+    status = {s["label"].split(" | ")[2]: s["status"] for s in first}
+    assert status == {"none()": "ok", "damp(alpha=0.5,k=1)": "ok", "damp(alpha=0.5,k=2)": "ok",
+                      "det0(k=1)": "failed"}
+    failed = [s for s in first if s["status"] == "failed"][0]
+    record = results.read_result(out / f"{failed['config_hash']}.json")
+    assert record["status"] == "failed" and "deliberate failure" in record["error"]
+    assert (out / "notebooks" / f"{failed['config_hash']}.failed.ipynb").exists()
+    # a rerun skips the finished runs and retries only the failed one
+    second = batch.run_batch("tiny", out, profiles_path=profiles, notebook=FAKE_NB,
+                             progress=False)
+    assert sorted(s["status"] for s in second) == ["failed", "skipped", "skipped", "skipped"]
+    ok = results.load_results(out)
+    assert len(ok) == 3 and set(ok["metrics.toxicity.max.emt"]) == {0.1}
+    assert not list(out.rglob(".*.tmp*")), "no temporary files left behind"
+
+
+def test_interrupted_result_is_rerun(profiles, tmp_path):
+    out = tmp_path / "out"
+    runs = batch.plan(batch.get_profile("tiny", profiles), out)
+    out.mkdir()
+    runs[0].result_path.write_text("{half-writ")  # what a crash without atomic writes leaves
+    assert not batch.plan(batch.get_profile("tiny", profiles), out)[0].done
+
+
+def test_dask_cluster_on_loopback(profiles, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=None) as cluster:
+        summaries = batch.run_batch("tiny", tmp_path / "out", profiles_path=profiles,
+                                    notebook=FAKE_NB, scheduler=cluster.scheduler_address,
+                                    progress=False)
+    assert sorted(s["status"] for s in summaries) == ["failed", "ok", "ok", "ok"]
+
+
+def test_config_validation_names_parameter():
+    with pytest.raises(ConfigError, match="'method' = 'bogus'.*aura"):
+        EvalConfig(method="bogus")
+    with pytest.raises(ConfigError, match="'n_prompts' = 0.*integer >= 1"):
+        EvalConfig(n_prompts=0)
+    with pytest.raises(ConfigError, match="unknown: \\['kk'\\]"):
+        EvalConfig(method="det0", method_params={"kk": 3})
+    with pytest.raises(ConfigError, match="unknown parameter\\(s\\) \\['bogus'\\]"):
+        EvalConfig.from_params({"bogus": 1})
+    with pytest.raises(ConfigError, match="top_p"):
+        EvalConfig(top_p=1.5)
+
+
+def test_config_hash_stable_and_defaults_filled():
+    a = EvalConfig(method="damp", method_params={"k": 10})
+    b = EvalConfig.from_params(json.loads(json.dumps(a.to_dict())))
+    assert a == b and a.config_hash == b.config_hash
+    assert a.method_params == {"k": 10, "alpha": 0.5}
+    assert EvalConfig(seed=1).config_hash != EvalConfig(seed=2).config_hash
