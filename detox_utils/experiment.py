@@ -99,7 +99,7 @@ def write(cfg: EvalConfig, result_dir: str | Path, *, lm: models.LoadedModel, me
         seed=cfg.seed, config_hash=cfg.config_hash, model=lm.provenance,
         method=method.describe(),
         data={name: data.provenance(name) for name in
-              (cfg.benchmark, cfg.ppl_corpus, "contrast")},
+              (cfg.benchmark, cfg.ppl_corpus, "insults-train")},
         evaluators={name: evaluators.load(name).provenance for name in cfg.evaluators},
         timings=dict(timings),
     )
