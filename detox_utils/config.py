@@ -127,3 +127,59 @@ class EvalConfig:
         """What the fitted intervention depends on (not the benchmark, sampling or sizes of eval)."""
         return {"model": self.model, "method": self.method, "params": dict(self.method_params),
                 "n_contrast": self.n_contrast, "seed": self.seed}
+
+
+SCORE_NAMES = ("auroc", "cohens_d", "mean_diff", "average_precision")
+POOLINGS = ("max", "mean", "last")
+REDUCES = ("mean", "max", "top_k_mean", "frac_above")
+
+
+@dataclass(frozen=True)
+class LocalizeConfig:
+    """Parameters of the localization notebook (`notebooks/localize.ipynb`)."""
+
+    model: str = "smollm2-135m"
+    sites: tuple[str, ...] = ("pre", "up", "post", "out")
+    pooling: str = "max"
+    score: str = "auroc"
+    reduce: str = "frac_above"
+    threshold: float = 0.6
+    n_toxic: int = 400
+    n_neutral: int = 400
+    max_length: int = 128
+    batch_size: int = 16
+    n_boot: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.model, str) and bool(self.model), "model", self.model,
+               "a packaged model name, a hub id or a local folder")
+        sites = (self.sites,) if isinstance(self.sites, str) else tuple(self.sites)
+        _check(bool(sites) and all(s in ("pre", "up", "post", "out") for s in sites), "sites",
+               self.sites, "a non-empty list of pre, up (GLU models), post, out")
+        object.__setattr__(self, "sites", sites)
+        _check(self.pooling in POOLINGS, "pooling", self.pooling, ", ".join(POOLINGS))
+        _check(self.score in SCORE_NAMES, "score", self.score, ", ".join(SCORE_NAMES))
+        _check(self.reduce in REDUCES, "reduce", self.reduce, ", ".join(REDUCES))
+        _check(isinstance(self.threshold, (int, float)), "threshold", self.threshold, "a number")
+        for name in ("n_toxic", "n_neutral", "max_length", "batch_size"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 2, name,
+                   value, "an integer >= 2")
+        _check(isinstance(self.n_boot, int) and self.n_boot >= 2, "n_boot", self.n_boot,
+               "an integer >= 2")
+        _check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
+
+    @classmethod
+    def from_namespace(cls, namespace: Mapping[str, Any]) -> "LocalizeConfig":
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{n: namespace[n] for n in names if n in namespace})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["sites"] = list(self.sites)
+        return d
+
+    @property
+    def config_hash(self) -> str:
+        return stable_hash(self.to_dict())

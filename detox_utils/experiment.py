@@ -128,3 +128,78 @@ class _Step:
 
     def __exit__(self, *exc: object) -> None:
         self.timer.seconds[self.name] = round(time.perf_counter() - self.start, 3)
+
+
+# --------------------------------------------------------------------------------------------------
+# localization analysis (notebooks/localize.ipynb)
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def localize(cfg, lm: models.LoadedModel, progress: bool = True) -> dict[str, Any]:
+    """Record the contrast set, score every unit, and summarise per layer and site.
+
+    Returns ``{"unit_scores": {site: [L, u]}, "summary": {site: {...}}}``; the summary holds the
+    per-layer score with bootstrap CIs (``cfg.reduce`` of the unit scores), per-layer quantiles of the
+    unit scores, where the top 1% of units sit, and the early-layer test.
+    """
+    from . import activations, localization
+
+    sites = tuple(s for s in cfg.sites if s in lm.arch.sites)
+    toxic, neutral = data.contrast_texts(cfg.n_toxic, cfg.n_neutral, seed=cfg.seed)
+    responses = activations.record(lm, toxic + neutral, sites=sites, pooling=cfg.pooling,
+                                   batch_size=cfg.batch_size, max_length=cfg.max_length,
+                                   progress=progress)
+    score_fn = localization.SCORES[cfg.score]
+    reduce_kw = {"reduce": cfg.reduce, "threshold": cfg.threshold}
+    if cfg.reduce == "top_k_mean":
+        reduce_kw = {"reduce": cfg.reduce, "k": None}
+    unit_scores, summary = {}, {}
+    for site in sites:
+        t, n = responses[site][: len(toxic)], responses[site][len(toxic):]
+        scores = score_fn(t, n)
+        if cfg.reduce == "top_k_mean":
+            reduce_kw["k"] = max(1, scores.shape[1] // 100)
+        ci = localization.bootstrap_layer_ci(t, n, score=cfg.score, n_boot=cfg.n_boot,
+                                             seed=cfg.seed, progress=progress, **reduce_kw)
+        top_k = max(1, round(0.01 * scores.numel()))
+        top_layers = scores.flatten().topk(top_k).indices // scores.shape[1]
+        test = localization.early_layer_test(ci["point"], seed=cfg.seed)
+        q = torch_quantiles(scores, QUANTILES)
+        unit_scores[site] = scores
+        summary[site] = {
+            "n_layers": int(scores.shape[0]), "n_units": int(scores.shape[1]),
+            "layer_score": {"point": ci["point"].tolist(), "lo": ci["lo"].tolist(),
+                            "hi": ci["hi"].tolist(), "ci": ci["ci"], "n_boot": ci["n_boot"]},
+            "quantiles": {str(k): v for k, v in zip(QUANTILES, q.T.tolist())},
+            "top1pct_per_layer": np.bincount(top_layers.numpy(),
+                                             minlength=scores.shape[0]).tolist(),
+            "top1pct_k": top_k,
+            "early_test": test,
+        }
+    return {"unit_scores": unit_scores, "summary": summary, "n_toxic": len(toxic),
+            "n_neutral": len(neutral)}
+
+
+def torch_quantiles(scores, qs) -> "np.ndarray":
+    """``[L, len(qs)]`` quantiles of each layer's unit scores."""
+    import torch
+
+    return torch.quantile(scores.double(), torch.tensor(qs, dtype=torch.float64), dim=1).T.numpy()
+
+
+def write_localization(cfg, result_dir: str | Path, lm: models.LoadedModel,
+                       found: Mapping[str, Any]) -> Path:
+    """``<result_dir>/<model>__<score>-<pooling>.json`` with config, summary and provenance."""
+    from ._io import atomic_write_json
+
+    name = f"{lm.name.replace('/', '--')}__{cfg.score}-{cfg.pooling}.json"
+    record = {
+        "kind": "localization", "config": cfg.to_dict(), "config_hash": cfg.config_hash,
+        "model": lm.name, "model_type": lm.model.config.model_type,
+        "n_toxic": found["n_toxic"], "n_neutral": found["n_neutral"],
+        "summary": found["summary"],
+        "provenance": results.provenance(model=lm.provenance,
+                                         data=data.provenance("insults-train")),
+    }
+    return atomic_write_json(Path(result_dir) / name, results._jsonable(record))

@@ -123,6 +123,94 @@ def evaluator_columns(frame: pd.DataFrame) -> list[str]:
             if c.startswith("score.") and c != "score.max"]
 
 
+SITE_LABELS = {"pre": "pre (gate / c_fc output)", "up": "up (GLU up_proj output)",
+               "post": "post (MLP neurons)", "out": "out (MLP output)"}
+
+
+def load_localization(folder: str | Path = RESULTS / "localization") -> list[dict]:
+    """All localization records (written by notebooks/localize.ipynb), sorted by file name."""
+    paths = sorted(Path(folder).glob("*.json"))
+    if not paths:
+        raise FileNotFoundError(f"no localization results in {folder}; run notebooks/localize.ipynb")
+    return [json.loads(p.read_text()) for p in paths]
+
+
+def _score_label(record: dict) -> str:
+    cfg = record["config"]
+    if cfg["reduce"] == "frac_above":
+        return f"share of units with {cfg['score']} > {cfg['threshold']}"
+    return f"{cfg['reduce']} of unit {cfg['score']}"
+
+
+def plot_layer_scores(record: dict, ax=None):
+    """Per-layer score of each site with its bootstrap CI band."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(7, 3.6))[1]
+    for site, summ in record["summary"].items():
+        ls = summ["layer_score"]
+        x = np.arange(summ["n_layers"])
+        ax.plot(x, ls["point"], marker="o", ms=3, label=SITE_LABELS.get(site, site))
+        ax.fill_between(x, ls["lo"], ls["hi"], alpha=0.2)
+    ci = int(100 * next(iter(record["summary"].values()))["layer_score"]["ci"])
+    ax.set_xlabel("layer (0 = first)")
+    ax.set_ylabel(_score_label(record))
+    ax.set_title(f"{record['model']}: {record['n_toxic']} toxic vs {record['n_neutral']} neutral "
+                 f"texts, {ci}% bootstrap CI", fontsize=10)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_layer_heatmap(record: dict, ax=None):
+    """Sites x layers heatmap of the per-layer score."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    table = pd.DataFrame({SITE_LABELS.get(site, site): summ["layer_score"]["point"]
+                          for site, summ in record["summary"].items()}).T
+    ax = ax or plt.subplots(figsize=(9, 0.6 + 0.45 * len(table)))[1]
+    sns.heatmap(table, ax=ax, cmap="rocket_r", cbar_kws={"label": _score_label(record)})
+    ax.set_xlabel("layer")
+    ax.set_title(f"{record['model']}: where toxicity-selective units sit", fontsize=10)
+    return ax
+
+
+def plot_unit_distribution(record: dict, site: str, ax=None):
+    """Per-layer distribution of the unit scores at one site (median, 25-75% and 5-95% bands)."""
+    import matplotlib.pyplot as plt
+
+    summ = record["summary"][site]
+    q = {float(k): np.asarray(v) for k, v in summ["quantiles"].items()}
+    x = np.arange(summ["n_layers"])
+    ax = ax or plt.subplots(figsize=(7, 3.4))[1]
+    ax.fill_between(x, q[0.05], q[0.95], alpha=0.2, label="5-95%")
+    ax.fill_between(x, q[0.25], q[0.75], alpha=0.4, label="25-75%")
+    ax.plot(x, q[0.5], color="k", lw=1, label="median")
+    if record["config"]["score"] == "auroc":
+        ax.axhline(0.5, color="grey", ls=":", lw=1)
+    ax.set_xlabel("layer")
+    ax.set_ylabel(f"unit {record['config']['score']}")
+    ax.set_title(f"{record['model']} / {SITE_LABELS.get(site, site)}: "
+                 f"{summ['n_units']} units per layer", fontsize=10)
+    ax.legend(fontsize=8, loc="upper right")
+    return ax
+
+
+def early_test_table(records: list[dict]) -> pd.DataFrame:
+    """One row per model and site: the early-layer test's statistics."""
+    rows = []
+    for rec in records:
+        for site, summ in rec["summary"].items():
+            t = summ["early_test"]
+            rows.append({"model": rec["model"], "site": site, "layers": t["n_layers"],
+                         "early layers": f"0-{t['early_layers'][-1]}",
+                         "early mean": t["early_mean"], "rest mean": t["rest_mean"],
+                         "p (permutation)": t["p_permutation"],
+                         "Spearman rho (layer, score)": t["spearman_rho"],
+                         "p (Spearman)": t["p_spearman"], "verdict": t.get("verdict", "")})
+    return pd.DataFrame(rows)
+
+
 def build(strict: bool = True, all_pages: bool = True) -> int:
     """Build the book with jupyter-book 1.x (``-W -n``: every warning is an error)."""
     cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(REPO_ROOT),
@@ -146,3 +234,271 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# --------------------------------------------------------------------------------------------------
+# Cards for the pages "Data and models" and "Evaluators" (book/data_models.md, book/evaluators.md).
+# Everything is read from the curated data files, the installed model packages (GGUF headers, read
+# without loading any weights) and results/evaluators/validation.json.
+
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
+                 10: "<Q", 11: "<q", 12: "<d"}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+class _Concatenated:
+    """Read-only stream over several files one after another (a GGUF shipped in chunks)."""
+
+    def __init__(self, paths: Iterable[Path]):
+        self._paths = list(paths)
+        self._file = None
+
+    def __enter__(self) -> "_Concatenated":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def read(self, n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            if self._file is None:
+                if not self._paths:
+                    raise ValueError("GGUF stream ended inside its header (truncated file?)")
+                self._file = open(self._paths.pop(0), "rb")
+            chunk = self._file.read(n - len(out))
+            if not chunk:
+                self._file.close()
+                self._file = None
+            out += chunk
+        return out
+
+
+def _gguf_read(stream, fmt: str):
+    import struct
+
+    return struct.unpack(fmt, stream.read(struct.calcsize(fmt)))[0]
+
+
+def _gguf_string(stream) -> str:
+    return stream.read(_gguf_read(stream, "<Q")).decode("utf-8", "replace")
+
+
+def _gguf_value(stream, vtype: int):
+    """One metadata value; arrays are skipped and summarised as ``[n items]``."""
+    import struct
+
+    if vtype == _GGUF_STRING:
+        return _gguf_string(stream)
+    if vtype == _GGUF_ARRAY:
+        itype, count = _gguf_read(stream, "<I"), _gguf_read(stream, "<Q")
+        if itype in _GGUF_SCALARS:
+            stream.read(count * struct.calcsize(_GGUF_SCALARS[itype]))
+        else:
+            for _ in range(count):
+                _gguf_value(stream, itype)
+        return f"[{count} items]"
+    if vtype not in _GGUF_SCALARS:
+        raise ValueError(f"unknown GGUF metadata type {vtype}")
+    return _gguf_read(stream, _GGUF_SCALARS[vtype])
+
+
+def gguf_header(paths: Iterable[Path]) -> dict:
+    """Metadata and tensor table of a GGUF file (given as its chunk files, in order), weights unread.
+
+    Returns ``{"metadata": {key: value}, "tensors": [(name, shape, ggml_type_name)]}``.
+    """
+    from gguf.constants import GGMLQuantizationType
+
+    with _Concatenated(paths) as stream:
+        if stream.read(4) != b"GGUF":
+            raise ValueError("not a GGUF file (magic bytes differ)")
+        _gguf_read(stream, "<I")  # format version
+        n_tensors, n_kv = _gguf_read(stream, "<Q"), _gguf_read(stream, "<Q")
+        metadata = {}
+        for _ in range(n_kv):
+            key = _gguf_string(stream)
+            metadata[key] = _gguf_value(stream, _gguf_read(stream, "<I"))
+        tensors = []
+        for _ in range(n_tensors):
+            name = _gguf_string(stream)
+            shape = tuple(_gguf_read(stream, "<Q") for _ in range(_gguf_read(stream, "<I")))
+            ggml_type = GGMLQuantizationType(_gguf_read(stream, "<I")).name
+            _gguf_read(stream, "<Q")  # offset of the tensor's data
+            tensors.append((name, shape, ggml_type))
+    return {"metadata": metadata, "tensors": tensors}
+
+
+def _gguf_files(name: str) -> tuple[list[Path], str, str]:
+    """The GGUF of packaged model ``name`` as its file(s), the GGUF's name and its sha256."""
+    import importlib
+
+    from . import models
+
+    spec = models.PACKAGED[name]
+    if name == "smollm2-135m":
+        path = models._package_dir(spec.module) / models._SMOLLM2_GGUF
+        from ._io import sha256_file
+
+        return [path], path.name, sha256_file(path)
+    assembler = importlib.import_module(spec.module)
+    return [Path(p) for p in assembler.chunk_paths()], assembler.MODEL_NAME, assembler.EXPECTED_SHA256
+
+
+def model_cards() -> pd.DataFrame:
+    """One column per packaged model: where it comes from, its licence, quantization and shape.
+
+    Shapes and parameter counts are read from the GGUF header in the installed package (no weights
+    loaded); when the dequantized fp32 folder is already cached, its recorded parameter count is
+    shown next to it as a cross-check.
+    """
+    import importlib.metadata
+    import math
+    from collections import Counter
+
+    from . import _io, models
+
+    cards = {}
+    for name in models.available():
+        spec = models.PACKAGED[name]
+        files, gguf_name, sha = _gguf_files(name)
+        header = gguf_header(files)
+        meta, tensors = header["metadata"], header["tensors"]
+        arch = meta["general.architecture"]
+        n_params = sum(math.prod(shape) for _, shape, _ in tensors)
+        by_type, mlp_by_type = Counter(), Counter()
+        for tensor, shape, ggml_type in tensors:
+            by_type[ggml_type] += math.prod(shape)
+            if tensor.split(".")[-2].startswith("ffn_") and len(shape) == 2:
+                mlp_by_type[ggml_type] += math.prod(shape)
+        stored_bits = sum(n * _bits_per_weight(t) for t, n in by_type.items())
+        n_bytes = sum(p.stat().st_size for p in files)
+        cached = models._cached(_io.cache_dir("models") / name)
+        cards[name] = {
+            "model": spec.title,
+            "transformers class": spec.architecture,
+            "package (PyPI)": f"{spec.package}=={importlib.metadata.version(spec.package)}",
+            "file": gguf_name + (f" (assembled from {len(files)} chunk packages)" if len(files) > 1 else ""),
+            "GGUF sha256": sha[:16] + "…",
+            "licence": spec.licence,
+            "licence field in the GGUF": meta.get("general.license", "(none)"),
+            "quantization": spec.quantization,
+            "weights by storage type": _shares(by_type),
+            "MLP weight matrices by storage type": _shares(mlp_by_type),
+            "token embeddings stored as": next(t for n, _, t in tensors if n == "token_embd.weight"),
+            "mean bits per weight as stored": f"{stored_bits / n_params:.2f}",
+            "GGUF size (MB)": f"{n_bytes / 1e6:.0f}",
+            "parameters (from the GGUF tensor table)": f"{n_params / 1e6:.1f} M",
+            "parameters (cached fp32 model)": (f"{cached['n_parameters'] / 1e6:.1f} M" if cached
+                                               else "not cached yet"),
+            "layers": meta[f"{arch}.block_count"],
+            "d_model (residual width)": meta[f"{arch}.embedding_length"],
+            "d_mlp (MLP hidden width)": meta[f"{arch}.feed_forward_length"],
+            "attention heads (query / key-value)":
+                f"{meta[f'{arch}.attention.head_count']} / {meta[f'{arch}.attention.head_count_kv']}",
+            "context length (tokens)": meta[f"{arch}.context_length"],
+            "vocabulary": meta.get("tokenizer.ggml.tokens", "?").strip("[] items"),
+        }
+    return pd.DataFrame(cards)
+
+
+def _bits_per_weight(ggml_type: str) -> float:
+    """Bits one weight takes in a GGML storage type (block bytes * 8 / weights per block)."""
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    block, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType[ggml_type]]
+    return 8 * nbytes / block
+
+
+def _shares(counts) -> str:
+    """``Q4_1 79%, Q8_0 21%`` (shares of the weights; types under 0.5% are left out)."""
+    total = sum(counts.values())
+    return ", ".join(f"{t} {n / total:.0%}" for t, n in counts.most_common() if n / total >= 0.005)
+
+
+def _short(text: str, n: int = 16) -> str:
+    return text if len(text) <= n else text[:n] + "…"
+
+
+def dataset_summary() -> pd.DataFrame:
+    """One row per curated data set: role, source package, licence, rows and label balance."""
+    from . import data
+
+    rows = []
+    for name in data.available():
+        prov, frame = data.provenance(name), data.load(name)
+        labelled = frame["label"].dropna()
+        rows.append({
+            "data set": name,
+            "role": prov["role"],
+            "package": f"{prov['package']}=={prov['version']}",
+            "licence": prov["licence"],
+            "rows in source": prov["rows"]["source"],
+            "rows curated": prov["rows"]["curated"],
+            "toxic (label 1)": (f"{int(labelled.sum())} ({labelled.mean():.0%})" if len(labelled)
+                                else "unlabelled"),
+        })
+    return pd.DataFrame(rows)
+
+
+def dataset_card(name: str) -> tuple[pd.DataFrame, list[str]]:
+    """The provenance of data set ``name`` as a two-column table, and its list of cleaning steps."""
+    from . import data
+
+    prov = data.provenance(name)
+    dropped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in prov.get("dropped", {}).items() if v)
+    fields = {
+        "role": prov["role"],
+        "package": f"{prov['package']}=={prov['version']} (archive {prov['archive']}, "
+                   f"sha256 {_short(prov['archive_sha256'])})",
+        "member(s)": prov["member"],
+        "upstream": prov.get("upstream", ""),
+        "licence": prov["licence"],
+        "curated file": f"detox_utils/assets/data/{prov['file']} (sha256 {_short(prov['sha256'])}, "
+                        f"{prov['bytes'] / 1e3:.0f} kB)",
+        "columns": ", ".join(prov["columns"]),
+        "rows": f"{prov['rows']['source']} in the source, {prov['rows']['curated']} curated",
+        "rows dropped": dropped or "none",
+    }
+    table = pd.DataFrame({"field": list(fields), "value": list(fields.values())})
+    return table, list(prov["cleaning"])
+
+
+def role_overlap() -> pd.DataFrame:
+    """For every pair of roles, how many normalised texts (over all text columns) they share."""
+    import itertools
+
+    from . import data
+    from .curate import role_keys
+
+    keys: dict[str, set[str]] = {}
+    for name in data.available():
+        frame = data.load(name)
+        keys.setdefault(data.DATASETS[name].role, set()).update(
+            role_keys(frame.to_dict(orient="records")))
+    return pd.DataFrame([
+        {"role A": a, "role B": b, "texts in A": len(keys[a]), "texts in B": len(keys[b]),
+         "shared texts": len(keys[a] & keys[b])}
+        for a, b in itertools.combinations(data.ROLES, 2)
+    ])
+
+
+def html_table(frame: pd.DataFrame, index: bool = False) -> str:
+    """``frame`` as an HTML table styled like the book's own tables (the theme's ``table`` class)."""
+    return frame.to_html(index=index, classes="table", border=0, escape=True)
+
+
+def dataset_card_html(name: str) -> str:
+    """A collapsible card for data set ``name``: provenance table and numbered cleaning steps."""
+    import html
+
+    from . import data
+
+    table, cleaning = dataset_card(name)
+    prov = data.provenance(name)
+    steps = "".join(f"<li>{html.escape(step)}</li>" for step in cleaning)
+    return (f"<details class='detox-card'><summary><strong>{html.escape(name)}</strong>: "
+            f"{html.escape(prov['role'])}, {prov['rows']['curated']} rows from "
+            f"{html.escape(prov['package'])}=={html.escape(prov['version'])}</summary>"
+            f"{html_table(table)}<p>Cleaning applied, in order:</p><ol>{steps}</ol></details>")
