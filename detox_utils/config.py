@@ -55,7 +55,7 @@ class EvalConfig:
     evaluators: tuple[str, ...] = ("tox-block", "alt-profanity-check", "hatesonar")
     threshold: float = 0.5
     n_contrast: int = 500
-    ppl_corpus: str = "wiki"
+    ppl_corpus: str = "xsum"
     n_ppl: int = 200
     n_boot: int = 1000
     seed: int = 0

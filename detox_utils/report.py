@@ -433,11 +433,10 @@ def dataset_summary() -> pd.DataFrame:
             "data set": name,
             "role": prov["role"],
             "package": f"{prov['package']}=={prov['version']}",
-            "licence": prov["licence"],
-            "rows in source": prov["rows"]["source"],
-            "rows curated": prov["rows"]["curated"],
+            "rows (source → curated)": f"{prov['rows']['source']} → {prov['rows']['curated']}",
             "toxic (label 1)": (f"{int(labelled.sum())} ({labelled.mean():.0%})" if len(labelled)
                                 else "unlabelled"),
+            "licence (full terms in the card)": prov["licence"].split(";")[0],
         })
     return pd.DataFrame(rows)
 
@@ -486,7 +485,7 @@ def role_overlap() -> pd.DataFrame:
 
 def html_table(frame: pd.DataFrame, index: bool = False) -> str:
     """``frame`` as an HTML table styled like the book's own tables (the theme's ``table`` class)."""
-    return frame.to_html(index=index, classes="table", border=0, escape=True)
+    return frame.to_html(index=index, classes="table", border=0, escape=True, justify="left")
 
 
 def dataset_card_html(name: str) -> str:
@@ -502,3 +501,112 @@ def dataset_card_html(name: str) -> str:
             f"{html.escape(prov['role'])}, {prov['rows']['curated']} rows from "
             f"{html.escape(prov['package'])}=={html.escape(prov['version'])}</summary>"
             f"{html_table(table)}<p>Cleaning applied, in order:</p><ol>{steps}</ol></details>")
+
+
+VALIDATION_FILE = RESULTS / "evaluators" / "validation.json"
+
+
+def read_validation(path: str | Path = VALIDATION_FILE) -> dict:
+    """The evaluator validation record (``python -m detox_utils.validate_evaluators`` writes it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; run `python -m detox_utils.validate_evaluators`")
+    record = json.loads(path.read_text(encoding="utf-8"))
+    if not record.get("evaluators"):
+        raise ValueError(f"{path} holds no evaluator")
+    return record
+
+
+def evaluator_cards(validation: dict) -> pd.DataFrame:
+    """What each evaluator is: package, licence, the score used, its text window; the evaluators
+    `detox_utils.evaluators` knows but that were not validated (no checkpoint) say what they need."""
+    from . import evaluators
+
+    rows = []
+    for name, entry in validation["evaluators"].items():
+        prov = entry["provenance"]
+        rows.append({
+            "evaluator": name,
+            "package": f"{prov['package']}=={prov['version']}",
+            "licence": prov["licence"],
+            "score used as P(toxic)": prov["p_toxic"],
+            "longest text seen at once": (f"{prov['max_tokens']} words; longer texts: max over windows"
+                                          if prov.get("max_tokens") else "no limit (bag of words)"),
+        })
+    needs = evaluators.requirements()
+    for name in evaluators.available():
+        if name not in validation["evaluators"]:
+            rows.append({"evaluator": name, "package": name, "licence": "",
+                         "score used as P(toxic)": "not validated here: needs " + needs[name].split(":")[0],
+                         "longest text seen at once": ""})
+    return pd.DataFrame(rows)
+
+
+def _operating_point(entry: dict, positives: int, rows: int) -> tuple[float, float]:
+    """(false positive rate, true positive rate) of an evaluator at the validation threshold."""
+    tp = entry["recall"] * positives
+    flagged = entry["positive_rate"] * rows
+    return (flagged - tp) / (rows - positives), entry["recall"]
+
+
+def evaluator_validation_table(validation: dict) -> pd.DataFrame:
+    """AUROC (95% bootstrap CI), average precision and the decision at the threshold, per evaluator,
+    best AUROC first."""
+    n, pos = validation["data"]["rows"], validation["data"]["positives"]
+    thr = validation["threshold"]
+    rows = []
+    for name, e in sorted(validation["evaluators"].items(), key=lambda kv: -kv[1]["auroc"]):
+        fpr, _ = _operating_point(e, pos, n)
+        rows.append({
+            "evaluator": name,
+            "AUROC": f"{e['auroc']:.3f}",
+            "95% CI": f"{e['auroc_lo']:.3f}–{e['auroc_hi']:.3f}",
+            "average precision": f"{e['average_precision']:.3f}",
+            f"flagged at ≥ {thr}": f"{e['positive_rate']:.1%}",
+            "precision": "–" if e["precision"] is None else f"{e['precision']:.3f}",
+            "recall (insults flagged)": f"{e['recall']:.3f}",
+            "false positive rate": f"{fpr:.3f}",
+            "F1": "–" if e["f1"] is None else f"{e['f1']:.3f}",
+        })
+    return pd.DataFrame(rows)
+
+
+def plot_evaluator_validation(validation: dict):
+    """Two panels: ROC curves (the threshold's operating point marked) and the share of comments each
+    evaluator flags at the threshold against the true share of insults."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    n, pos = validation["data"]["rows"], validation["data"]["positives"]
+    thr = validation["threshold"]
+    order = sorted(validation["evaluators"], key=lambda k: -validation["evaluators"][k]["auroc"])
+    colours = dict(zip(order, sns.color_palette("colorblind", len(order))))
+    with plt.rc_context({"font.size": 11}):
+        fig, (roc, bars) = plt.subplots(1, 2, figsize=(11, 4.8), gridspec_kw={"width_ratios": [1.15, 1]})
+        for name in order:
+            e = validation["evaluators"][name]
+            roc.plot(e["roc"]["fpr"], e["roc"]["tpr"], color=colours[name], lw=2,
+                     label=f"{name} (AUROC {e['auroc']:.2f})")
+            roc.plot(*_operating_point(e, pos, n), "o", color=colours[name], ms=7, mec="black")
+        roc.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
+        roc.plot([], [], "o", color="white", mec="black", label=f"score ≥ {thr}")
+        roc.set(xlim=(0, 1), ylim=(0, 1.01), aspect="equal",
+                xlabel="False positive rate (non-insults flagged)",
+                ylabel="True positive rate (insults flagged)",
+                title=f"ROC, n = {n} comments ({pos} insults)")
+        roc.legend(loc="lower right", fontsize=9)
+        rates = pd.DataFrame({"evaluator": order,
+                              "flagged": [validation["evaluators"][k]["positive_rate"] for k in order]})
+        sns.barplot(rates, y="evaluator", x="flagged", hue="evaluator", palette=colours, legend=False,
+                    ax=bars)
+        bars.axvline(pos / n, color="black", ls="--", lw=1.2, label=f"true share of insults ({pos / n:.0%})")
+        bars.legend(loc="lower right", fontsize=9)
+        for i, value in enumerate(rates["flagged"]):
+            bars.text(value, i, f" {value:.0%}", va="center", fontsize=10)
+        bars.set(xlim=(0, max(rates["flagged"].max(), pos / n) * 1.25), ylabel="",
+                 xlabel=f"Share of the {n} comments flagged (score ≥ {thr})",
+                 title="How much each evaluator flags")
+        bars.xaxis.set_major_formatter(plt.matplotlib.ticker.PercentFormatter(1.0, decimals=0))
+        sns.despine(fig)
+        fig.tight_layout()
+    return fig

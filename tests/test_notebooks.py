@@ -1,0 +1,64 @@
+"""The notebooks under papermill with tiny parameters, on the real packaged model.
+
+`test_smoke_profile` runs the batch runner's `smoke` profile: every method through
+notebooks/evaluate.ipynb, three real evaluators, result files in the one schema."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import papermill as pm
+import pytest
+
+from detox_utils import batch, results
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = [pytest.mark.slow, pytest.mark.realcache]
+
+
+def test_smoke_profile(tmp_path):
+    out = tmp_path / "smoke"
+    summaries = batch.run_batch("smoke", out, progress=False)
+    failed = {s["label"]: results.read_result(out / f"{s['config_hash']}.json")["error"]
+              for s in summaries if s["status"] != "ok"}
+    assert not failed, f"runs failed: {failed}"
+    table = results.load_results(out)
+    assert set(table["config.method"]) == {"none", "aura", "det0", "damp", "meow2x", "trne"}
+    for ev in ("tox-block", "alt-profanity-check", "hatesonar", "max"):
+        emt = table[f"metrics.toxicity.{ev}.emt"]
+        assert emt.between(0, 1).all()
+    assert (table["metrics.perplexity.corpus_ppl"] > 1).all()
+    record = results.read_result(next(out.glob("*.json")))
+    prov = record["provenance"]
+    assert {"git_commit", "packages", "model", "data", "evaluators", "seed"} <= set(prov)
+    assert len(list((out / "notebooks").glob("*.ipynb"))) == len(summaries)
+    samples = results.load_samples(out, record["config_hash"])
+    assert {"prompt", "continuation", "score.max"} <= set(samples.columns)
+    # a rerun of a finished batch skips everything
+    again = batch.run_batch("smoke", out, progress=False)
+    assert {s["status"] for s in again} == {"skipped"}
+
+
+def test_localize_notebook(tmp_path):
+    out = tmp_path / "executed.ipynb"
+    pm.execute_notebook(str(ROOT / "notebooks" / "localize.ipynb"), str(out),
+                        parameters={"model": "smollm2-135m", "sites": ["post", "out"],
+                                    "n_toxic": 12, "n_neutral": 12, "n_boot": 3,
+                                    "result_dir": str(tmp_path / "loc")},
+                        cwd=str(ROOT / "notebooks"), progress_bar=False, kernel_name="python3")
+    written = list((tmp_path / "loc").glob("*.json"))
+    assert len(written) == 1
+    record = json.loads(written[0].read_text())
+    assert set(record["summary"]) == {"post", "out"}
+    assert record["summary"]["post"]["n_layers"] == 30
+    nb = json.loads(out.read_text())
+    images = sum("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
+    assert images >= 3
+
+
+def test_notebook_rejects_bad_parameter(tmp_path):
+    with pytest.raises(pm.PapermillExecutionError, match="'pooling' = 'median'"):
+        pm.execute_notebook(str(ROOT / "notebooks" / "localize.ipynb"), str(tmp_path / "x.ipynb"),
+                            parameters={"pooling": "median"}, cwd=str(ROOT / "notebooks"),
+                            progress_bar=False, kernel_name="python3")
