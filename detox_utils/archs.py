@@ -3,7 +3,7 @@
 One `ArchSpec` per model family (keyed by ``config.model_type``). Code elsewhere never branches on the
 family; it asks the table.
 
-Sites (canonical, layer-indexed names ``blocks.{L}.mlp.{site}``, as in TransformerLens):
+Sites (TransformerLens hook names in `TL_HOOKS`, e.g. ``blocks.{L}.mlp.hook_post``):
 
 ============  ===========================================================  ===========  =========
 site          what it is                                                   width        captured
@@ -32,6 +32,13 @@ Layout = Literal["linear", "conv1d"]
 
 SITES: tuple[str, ...] = ("pre", "up", "post", "out")
 LINEAR_SITES: tuple[str, ...] = ("pre", "up", "out")
+# TransformerLens hook of each site, relative to ``blocks.{L}`` (HookedTransformer and TransformerBridge)
+TL_HOOKS: dict[str, str] = {
+    "pre": "mlp.hook_pre",
+    "up": "mlp.hook_pre_linear",
+    "post": "mlp.hook_post",
+    "out": "hook_mlp_out",
+}
 
 
 @dataclass(frozen=True)
@@ -73,9 +80,9 @@ class ArchSpec:
         return self.module_name(layer, "out")
 
     def hook_name(self, layer: int, site: str) -> str:
-        """Canonical TransformerLens-style name of a site, e.g. ``blocks.3.mlp.hook_post``."""
+        """Canonical TransformerLens name of a site, e.g. ``blocks.3.mlp.hook_post`` (see `TL_HOOKS`)."""
         self._site(site)
-        return f"blocks.{layer}.mlp.hook_{site}"
+        return f"blocks.{layer}.{TL_HOOKS[site]}"
 
     def _site(self, site: str) -> Site:
         if site not in self.sites:

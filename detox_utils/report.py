@@ -211,8 +211,32 @@ def early_test_table(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def inputs_fingerprint(root: Path = REPO_ROOT) -> str:
+    """sha256 over what the book's pages read besides their own code: ``results/`` and the library."""
+    import hashlib
+
+    h = hashlib.sha256()
+    files = sorted([*(root / "results").rglob("*"), *(root / "detox_utils").rglob("*.py")])
+    for path in files:
+        if path.is_file() and "notebooks" not in path.relative_to(root).parts[1:2]:
+            h.update(str(path.relative_to(root)).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 def build(strict: bool = True, all_pages: bool = True) -> int:
-    """Build the book with jupyter-book 1.x (``-W -n``: every warning is an error)."""
+    """Build the book with jupyter-book 1.x (``-W -n``: every warning is an error).
+
+    Pages execute through jupyter-cache, which only notices changes to a page's own code; so when the
+    results or the library changed since the last build, the execution cache is cleared first.
+    """
+    import shutil
+
+    build_dir = REPO_ROOT / "book" / "_build"
+    stamp = build_dir / ".inputs_sha256"
+    fingerprint = inputs_fingerprint()
+    if not stamp.exists() or stamp.read_text() != fingerprint:
+        shutil.rmtree(build_dir / ".jupyter_cache", ignore_errors=True)
     cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(REPO_ROOT),
            "--path-output", str(REPO_ROOT / "book")]
     if all_pages:
@@ -220,7 +244,11 @@ def build(strict: bool = True, all_pages: bool = True) -> int:
     if strict:
         cmd += ["-W", "-n", "--keep-going"]
     log.info("running %s", " ".join(cmd))
-    return subprocess.call(cmd, cwd=REPO_ROOT)
+    code = subprocess.call(cmd, cwd=REPO_ROOT)
+    if code == 0:
+        build_dir.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(fingerprint)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,8 +260,6 @@ def main(argv: list[str] | None = None) -> int:
     return build(strict=not args.no_strict)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -610,3 +636,7 @@ def plot_evaluator_validation(validation: dict):
         sns.despine(fig)
         fig.tight_layout()
     return fig
+
+
+if __name__ == "__main__":
+    sys.exit(main())
