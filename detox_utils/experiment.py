@@ -147,16 +147,17 @@ def localize(cfg, lm: models.LoadedModel, progress: bool = True) -> dict[str, An
 
     sites = tuple(s for s in cfg.sites if s in lm.arch.sites)
     toxic, neutral = data.contrast_texts(cfg.n_toxic, cfg.n_neutral, seed=cfg.seed)
-    responses = activations.record(lm, toxic + neutral, sites=sites, pooling=cfg.pooling,
-                                   batch_size=cfg.batch_size, max_length=cfg.max_length,
-                                   progress=progress)
+    rec = dict(sites=sites, pooling=cfg.pooling, batch_size=cfg.batch_size,
+               max_length=cfg.max_length, progress=progress)
+    # toxic and neutral recorded separately, as interventions.fit does, so they share the cache
+    resp_t, resp_n = activations.record(lm, toxic, **rec), activations.record(lm, neutral, **rec)
     score_fn = localization.SCORES[cfg.score]
     reduce_kw = {"reduce": cfg.reduce, "threshold": cfg.threshold}
     if cfg.reduce == "top_k_mean":
         reduce_kw = {"reduce": cfg.reduce, "k": None}
     unit_scores, summary = {}, {}
     for site in sites:
-        t, n = responses[site][: len(toxic)], responses[site][len(toxic):]
+        t, n = resp_t[site], resp_n[site]
         scores = score_fn(t, n)
         if cfg.reduce == "top_k_mean":
             reduce_kw["k"] = max(1, scores.shape[1] // 100)

@@ -211,6 +211,241 @@ def early_test_table(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _score_grid(frame: pd.DataFrame, column: str) -> np.ndarray:
+    return frame.pivot(index="prompt_id", columns="sample_id", values=column).to_numpy(float)
+
+
+def reductions(folder: str | Path = RESULTS / "default", n_boot: int = 1000,
+               evaluators: Iterable[str] | None = None) -> pd.DataFrame:
+    """Paired-bootstrap toxicity reduction of every run against the un-intervened model (same model,
+    benchmark, prompts and samples, no pre-prompt), per evaluator and for the max over evaluators.
+
+    One row per run and evaluator with ``metrics.toxicity_reduction``'s columns (``tox_prob_ratio``
+    with ``_lo``/``_hi``, ``emt_diff``, ...), plus ``dppl`` (perplexity change)."""
+    from . import metrics
+
+    table = runs(folder)
+    per_run = table.drop_duplicates("config_hash").set_index("config_hash")
+    base = per_run[(per_run.method == "none") & (~per_run.preprompt)]
+    rows = []
+    for (model, bench), group in per_run.groupby(["model", "benchmark"]):
+        base_hash = base[(base.model == model) & (base.benchmark == bench)].index
+        if len(base_hash) != 1:
+            continue
+        base_samples = results.load_samples(folder, base_hash[0])
+        names = list(evaluators) if evaluators else [*evaluator_columns(base_samples), "max"]
+        for config_hash, run in group.iterrows():
+            if config_hash == base_hash[0]:
+                continue
+            s = results.load_samples(folder, config_hash)
+            for name in names:
+                red = metrics.toxicity_reduction(_score_grid(base_samples, f"score.{name}"),
+                                                 _score_grid(s, f"score.{name}"), n_boot=n_boot)
+                rows.append({"config_hash": config_hash, "model": model, "benchmark": bench,
+                             "method": run.method, "label": run.label, "preprompt": run.preprompt,
+                             "evaluator": name, "ppl": run.ppl,
+                             "dppl": run.ppl - per_run.loc[base_hash[0], "ppl"], **red})
+    return pd.DataFrame(rows)
+
+
+def fmt_ci(point: float, lo: float, hi: float, digits: int = 2) -> str:
+    """``0.31 [0.22, 0.40]``"""
+    return f"{point:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def overview_table(df: pd.DataFrame, evaluator: str = "max", metric: str = "tox_prob") -> pd.DataFrame:
+    """Model x benchmark x method: the metric with its CI (one evaluator) and perplexity."""
+    sub = df[df.evaluator == evaluator].copy()
+    sub["order"] = sub.method.map({m: i for i, m in enumerate(METHOD_ORDER)})
+    sub = sub.sort_values(["model", "benchmark", "order", "preprompt", "label"])
+    return pd.DataFrame({
+        "model": sub.model, "benchmark": sub.benchmark, "method": sub.label,
+        f"{metric} [95% CI]": [fmt_ci(r[metric], r[f"{metric}_lo"], r[f"{metric}_hi"])
+                               for _, r in sub.iterrows()],
+        "EMT [95% CI]": [fmt_ci(r.emt, r.emt_lo, r.emt_hi) for _, r in sub.iterrows()],
+        "perplexity": sub.ppl.round(2),
+    }).reset_index(drop=True)
+
+
+def plot_tradeoff(df: pd.DataFrame, evaluator: str = "max", metric: str = "tox_prob"):
+    """Toxicity (with CI) against perplexity, one panel per model and benchmark; the Pareto front
+    (no run is both less toxic and lower in perplexity) is drawn as a step line."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sub = df[df.evaluator == evaluator]
+    keys = sorted(sub.groupby(["model", "benchmark"]).groups)
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 4.6), squeeze=False)
+    methods = [m for m in METHOD_ORDER if m in set(sub.method)]
+    palette = dict(zip(methods, sns.color_palette("tab10", len(methods))))
+    for ax, (model, bench) in zip(axes[0], keys):
+        g = sub[(sub.model == model) & (sub.benchmark == bench)]
+        for _, r in g.iterrows():
+            ax.errorbar(r.ppl, r[metric], yerr=[[r[metric] - r[f"{metric}_lo"]],
+                                                [r[f"{metric}_hi"] - r[metric]]],
+                        fmt="s" if r.preprompt else "o", color=palette[r.method], ms=6, capsize=2,
+                        alpha=0.9)
+        front = g[pareto_front(g, "ppl", metric)].sort_values("ppl")
+        ax.step(front.ppl, front[metric], where="post", color="grey", lw=1, ls="--")
+        ax.set_xscale("log")
+        ax.set_title(f"{model} / {bench}\n{int(g.n_prompts.iloc[0])} prompts x "
+                     f"{int(g.n_samples.iloc[0])} samples", fontsize=10)
+        ax.set_xlabel("perplexity on neutral news (log scale)")
+        ax.set_ylabel(METRIC_LABELS[metric] + f"\n({evaluator} over evaluators)"
+                      if evaluator == "max" else METRIC_LABELS[metric] + f" ({evaluator})")
+    handles = [plt.Line2D([], [], color=palette[m], marker="o", ls="") for m in methods]
+    handles += [plt.Line2D([], [], color="k", marker="s", ls=""),
+                plt.Line2D([], [], color="grey", ls="--")]
+    fig.legend(handles, [*methods, "with pre-prompt", "Pareto front"], loc="lower center",
+               ncol=len(methods) + 2, fontsize=9, bbox_to_anchor=(0.5, -0.04))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+def plot_per_evaluator(df: pd.DataFrame, metric: str = "tox_prob"):
+    """Per method: the metric under each evaluator and the max, one panel per model."""
+    import seaborn as sns
+
+    sub = df[~df.preprompt].copy()
+    sub["order"] = sub.method.map({m: i for i, m in enumerate(METHOD_ORDER)})
+    sub = sub.sort_values(["order", "label"])
+    grid = sns.catplot(data=sub, kind="bar", x="label", y=metric, hue="evaluator", col="model",
+                       row="benchmark", height=3.6, aspect=1.8, errorbar=None, legend_out=True)
+    grid.set_axis_labels("", METRIC_LABELS[metric])
+    for ax in grid.axes.flat:
+        ax.tick_params(axis="x", rotation=40, labelsize=8)
+        for lbl in ax.get_xticklabels():
+            lbl.set_horizontalalignment("right")
+    return grid.figure
+
+
+def pooled_agreement(frame: pd.DataFrame, threshold: float = 0.5) -> dict[str, pd.DataFrame]:
+    """Evaluator agreement over every continuation in ``frame`` (from `samples`)."""
+    from . import metrics
+
+    names = evaluator_columns(frame)
+    return metrics.agreement({n: frame[f"score.{n}"].to_numpy(float) for n in names},
+                             threshold=threshold)
+
+
+def underestimation_by_run(df: pd.DataFrame, metric: str = "tox_prob") -> pd.DataFrame:
+    """Per run: each evaluator's metric divided by the metric under the max over evaluators
+    (the union at the threshold); 1 - that ratio is how much a single evaluator underestimates."""
+    wide = df.pivot_table(index="config_hash", columns="evaluator", values=metric)
+    union = wide.pop("max")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = wide.div(union.where(union > 0), axis=0)
+    return (1 - ratio).dropna(how="all")
+
+
+def disagreements(frame: pd.DataFrame, threshold: float = 0.5, n: int = 3,
+                  seed: int = 0) -> pd.DataFrame:
+    """For each evaluator, up to ``n`` continuations that only it flags (score >= threshold)."""
+    names = evaluator_columns(frame)
+    flags = pd.DataFrame({name: frame[f"score.{name}"] >= threshold for name in names})
+    rows = []
+    for name in names:
+        only = frame[flags[name] & (flags.sum(axis=1) == 1)]
+        pick = only.sample(min(n, len(only)), random_state=seed) if len(only) else only
+        for _, r in pick.iterrows():
+            rows.append({"flagged only by": name, "benchmark": r.benchmark,
+                         "continuation": r.continuation.strip()[:160],
+                         **{f"{e}": round(r[f"score.{e}"], 2) for e in names}})
+    return pd.DataFrame(rows)
+
+
+def before_after(folder: str | Path, model: str, benchmark: str, method_label: str,
+                 n: int = 4) -> pd.DataFrame:
+    """The prompts whose un-intervened continuations scored highest (max over evaluators), with one
+    continuation before and after the intervention (same sample index, same seed)."""
+    table = runs(folder).drop_duplicates("config_hash")
+    sel = table[(table.model == model) & (table.benchmark == benchmark)]
+    base = sel[(sel.method == "none") & (~sel.preprompt)].config_hash.iloc[0]
+    other = sel[sel.label == method_label].config_hash.iloc[0]
+    b, a = results.load_samples(folder, base), results.load_samples(folder, other)
+    top = b.sort_values("score.max", ascending=False).drop_duplicates("prompt_id").head(n)
+    merged = top.merge(a, on=["prompt_id", "sample_id"], suffixes=(" before", " after"))
+    return pd.DataFrame({
+        "prompt": merged["prompt before"].str.slice(0, 90),
+        "before": merged["continuation before"].str.strip(),
+        "max score before": merged["score.max before"].round(2),
+        f"after ({method_label})": merged["continuation after"].str.strip(),
+        "max score after": merged["score.max after"].round(2),
+    })
+
+
+def claims_table(folder: str | Path = RESULTS / "default", alpha: float = 0.05) -> pd.DataFrame:
+    """Each claim of the two papers next to what this compendium measured, with a rule-based verdict
+    (the rules are in the code below, so the verdict is as reproducible as the numbers)."""
+    loc = [r for r in load_localization() if r["config"]["score"] == "auroc"]
+    df = runs(folder)
+    red = reductions(folder, evaluators=["max"])
+    rows = []
+
+    def add(claim, source, reported, measured, verdict):
+        rows.append({"claim": claim, "source": source, "paper reports": reported,
+                     "measured here": measured, "verdict": verdict})
+
+    tests = {r["model"]: r["summary"]["post"]["early_test"] for r in loc}
+    supported = [m for m, t in tests.items() if t["p_permutation"] < alpha]
+    add("Toxicity is disproportionately encoded in early MLP layers", "Beniwal & Singh 2026",
+        "qualitative (abstract)",
+        "; ".join(f"{m}: early-third mean {t['early_mean']:.3f} vs rest {t['rest_mean']:.3f}, "
+                  f"permutation p = {t['p_permutation']:.3g}, Spearman rho = {t['spearman_rho']:.2f}"
+                  for m, t in tests.items()),
+        "reproduces" if len(supported) == len(tests) else
+        ("partly: only " + ", ".join(supported)) if supported else "does not reproduce")
+
+    depth = {}
+    for r in loc:
+        point = np.asarray(r["summary"]["post"]["layer_score"]["point"])
+        depth[r["model"]] = float(np.argmax(point) / (len(point) - 1))
+    spread = max(depth.values()) - min(depth.values()) if depth else 0.0
+    add("Where toxicity sits varies across architectures", "Beniwal & Singh 2026",
+        "qualitative (abstract)",
+        "relative depth of the layer with most toxic-selective neurons: " +
+        ", ".join(f"{m} {d:.2f}" for m, d in depth.items()),
+        "reproduces" if spread >= 0.2 else "not distinguishable at this resolution")
+
+    under = underestimation_by_run(df, "tox_prob")
+    best = under.min(axis=1)
+    add("A single evaluator systematically underestimates risk", "Beniwal & Singh 2026",
+        "qualitative (abstract)",
+        f"in {(best > 0).mean():.0%} of {len(best)} runs even the best single evaluator reports a "
+        f"lower toxicity probability than the union; mean shortfall {best.mean():.2f}",
+        "reproduces" if (best > 0).mean() >= 0.5 else "does not reproduce")
+
+    def factor_text(sub: pd.DataFrame) -> str:
+        return "; ".join(f"{r.model}/{r.benchmark}: {r.tox_prob_ratio:.2f}x "
+                         f"[{r.tox_prob_ratio_lo:.2f}, {r.tox_prob_ratio_hi:.2f}], "
+                         f"Δppl {r.dppl:+.2f}" for r in sub.itertuples())
+
+    aura = red[(red.method == "aura") & (~red.preprompt)]
+    if len(aura):
+        add("AURA reduces toxicity up to 2.2x at +0.72 perplexity", "Suau et al. 2024",
+            "up to 2.2x, +0.72 PPL", factor_text(aura),
+            "reproduces" if (aura.tox_prob_ratio_lo > 1).any() else
+            "no significant reduction at this sample size")
+    pre = red[red.method.isin(["none", "aura"]) & red.preprompt]
+    if len(aura) and len(pre):
+        aura_pre = pre[pre.method == "aura"]
+        a, b = aura.tox_prob_ratio.replace(np.inf, np.nan).mean(), \
+            aura_pre.tox_prob_ratio.replace(np.inf, np.nan).mean()
+        add("Pre-prompting lifts AURA's average mitigation from 1.28x to 2.35x", "Suau et al. 2024",
+            "1.28x → 2.35x", f"mean factor {a:.2f}x → {b:.2f}x (toxicity probability, max over "
+            "evaluators)", "reproduces" if b > a else "does not reproduce")
+    for method, name in (("meow2x", "Meow2X"), ("trne", "TRNE")):
+        sub = red[(red.method == method) & (~red.preprompt)]
+        if not len(sub):
+            continue
+        top = sub.sort_values("tox_prob_ratio", ascending=False).groupby(["model", "benchmark"]).head(1)
+        add(f"{name} reduces toxicity without retraining", "Beniwal & Singh 2026",
+            "qualitative (abstract)", "strongest setting per model/benchmark: " + factor_text(top),
+            "reproduces" if (top.tox_prob_ratio_lo > 1).any() else
+            "no significant reduction at this sample size")
+    return pd.DataFrame(rows)
+
+
 def inputs_fingerprint(root: Path = REPO_ROOT) -> str:
     """sha256 over what the book's pages read besides their own code: ``results/`` and the library."""
     import hashlib
