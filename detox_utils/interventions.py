@@ -803,8 +803,7 @@ def fit(method: str, lm: Any, toxic_texts: Sequence[str], neutral_texts: Sequenc
         return Meow2X.from_stats(localization.mean_diff(resp_t, resp_n), model_name=lm.name,
                                  family=lm.arch.family, **params, provenance=prov)
     if method == "trne":
-        scores = torch.as_tensor(localization.contrastive_gradient_scores(
-            lm, toxic, neutral, site="out", progress=progress)).float()
+        scores = _gradient_scores(lm, toxic, neutral, progress=progress)
         layers = _top(scores, params["n_layers"])
         toxic_mean, neutral_mean = torch.zeros(2, lm.n_layers, lm.d_mlp, dtype=torch.float64)
         toxic_mean[layers] = activations.moments(lm, toxic, "post", layers=layers, **rec)[0]
@@ -823,6 +822,24 @@ def fit(method: str, lm: Any, toxic_texts: Sequence[str], neutral_texts: Sequenc
     prov.update(sites=list(sites), pooling="max", max_length=128)
     return METHODS[method].from_stats(aurocs, model_name=lm.name, family=lm.arch.family, **params,
                                       provenance=prov)
+
+
+def _gradient_scores(lm: Any, toxic: list[str], neutral: list[str], progress: bool) -> torch.Tensor:
+    """`localization.contrastive_gradient_scores` at the ``out`` site, cached on disk by model weights
+    and texts (TRNE variants that differ only in ``rho`` or ``ridge`` share one gradient pass)."""
+    from . import activations, localization
+    from ._io import atomic_path, cache_dir
+
+    key = stable_hash({"weights": activations.weight_fingerprint(lm.model), "model": lm.name,
+                       "texts": [toxic, neutral], "site": "out", "version": 1})
+    path = cache_dir("gradient_scores") / f"{lm.name.replace('/', '--')}-{key}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    scores = torch.as_tensor(localization.contrastive_gradient_scores(
+        lm, toxic, neutral, site="out", progress=progress)).float()
+    with atomic_path(path) as tmp:
+        torch.save(scores, tmp)
+    return scores
 
 
 def load(path: str | Path, lm: Any | None = None) -> Method:
