@@ -9,7 +9,13 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import torch  # noqa: E402
+
 from detox_utils import models  # noqa: E402
+
+# Tiny models gain nothing from intra-op threads, and on a shared 2-core machine oversubscribed
+# OpenMP threads make each small forward pass tens of times slower.
+torch.set_num_threads(1)
 
 FAMILIES = models.TINY_FAMILIES
 
