@@ -124,7 +124,7 @@ def run_one(config: Mapping[str, Any], out: str | Path, notebook: str | Path = N
     import papermill as pm
 
     cfg = EvalConfig.from_params(config)
-    out = Path(out)
+    out = Path(out).resolve()  # the notebook runs in notebooks/, so hand it an absolute path
     result_path = out / f"{cfg.config_hash}.json"
     nb_out = out / "notebooks" / f"{cfg.config_hash}.ipynb"
     nb_out.parent.mkdir(parents=True, exist_ok=True)
