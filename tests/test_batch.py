@@ -109,3 +109,12 @@ def test_config_hash_stable_and_defaults_filled():
     assert a == b and a.config_hash == b.config_hash
     assert a.method_params == {"k": 10, "alpha": 0.5}
     assert EvalConfig(seed=1).config_hash != EvalConfig(seed=2).config_hash
+
+
+def test_relative_out_folder(profiles, tmp_path, monkeypatch):
+    """The notebook runs in notebooks/; a relative --out must still receive the results."""
+    monkeypatch.chdir(tmp_path)
+    summaries = batch.run_batch("tiny", "rel/out", profiles_path=profiles, notebook=FAKE_NB,
+                                progress=False)
+    assert sum(s["status"] == "ok" for s in summaries) == 3
+    assert len(list((tmp_path / "rel" / "out").glob("*.json"))) == 4
