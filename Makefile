@@ -35,7 +35,18 @@ test-fast: $(STAMP)
 smoke: $(STAMP)
 	$(PY) -m detox_utils batch --profile smoke --out results/smoke
 
-results: $(STAMP)
+LOC_MODELS := smollm2-135m gemma3-270m
+LOC_RESULTS := $(foreach m,$(LOC_MODELS),results/localization/$(m)__auroc-max.json)
+
+# Each result is made only when missing: the committed results make these steps no-ops.
+results/localization/%__auroc-max.json: | $(STAMP)
+	$(VENV)/bin/papermill notebooks/localize.ipynb results/localization/localize-$*.ipynb \
+	    -p model $* --cwd notebooks --no-progress-bar
+
+results/evaluators/validation.json: | $(STAMP)
+	$(PY) -m detox_utils.validate_evaluators
+
+results: $(STAMP) $(LOC_RESULTS) results/evaluators/validation.json
 	$(PY) -m detox_utils batch --profile $(PROFILE) --out $(RESULTS)
 
 book: results
