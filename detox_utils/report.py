@@ -275,10 +275,14 @@ def plot_tradeoff(df: pd.DataFrame, evaluator: str = "max", metric: str = "tox_p
 
     sub = df[df.evaluator == evaluator]
     keys = sorted(sub.groupby(["model", "benchmark"]).groups)
-    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 4.6), squeeze=False)
+    ncols = min(2, len(keys))
+    nrows = -(-len(keys) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.4 * ncols, 4.2 * nrows), squeeze=False)
     methods = [m for m in METHOD_ORDER if m in set(sub.method)]
     palette = dict(zip(methods, sns.color_palette("tab10", len(methods))))
-    for ax, (model, bench) in zip(axes[0], keys):
+    for ax in axes.flat[len(keys):]:
+        ax.set_visible(False)
+    for ax, (model, bench) in zip(axes.flat, keys):
         g = sub[(sub.model == model) & (sub.benchmark == bench)]
         for _, r in g.iterrows():
             ax.errorbar(r.ppl, r[metric], yerr=[[r[metric] - r[f"{metric}_lo"]],
@@ -297,8 +301,8 @@ def plot_tradeoff(df: pd.DataFrame, evaluator: str = "max", metric: str = "tox_p
     handles += [plt.Line2D([], [], color="k", marker="s", ls=""),
                 plt.Line2D([], [], color="grey", ls="--")]
     fig.legend(handles, [*methods, "with pre-prompt", "Pareto front"], loc="lower center",
-               ncol=len(methods) + 2, fontsize=9, bbox_to_anchor=(0.5, -0.04))
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+               ncol=(len(methods) + 2) // 2 + (len(methods) % 2), fontsize=9)
+    fig.tight_layout(rect=(0, 0.08 / nrows, 1, 1))
     return fig
 
 
@@ -443,6 +447,26 @@ def claims_table(folder: str | Path = RESULTS / "default", alpha: float = 0.05) 
             "qualitative (abstract)", "strongest setting per model/benchmark: " + factor_text(top),
             "reproduces" if (top.tox_prob_ratio_lo > 1).any() else
             "no significant reduction at this sample size")
+    return pd.DataFrame(rows)
+
+
+def union_validation(threshold: float = 0.5, split: str = "test") -> pd.DataFrame:
+    """Precision, recall and flag rate at ``threshold`` of each offline evaluator and of their union
+    (any evaluator flags) on the labelled insults set: is the union's extra toxicity real or the sum of
+    each evaluator's false positives?"""
+    from . import data, evaluators
+
+    labelled = data.labelled(split)
+    truth = labelled["label"].to_numpy().astype(bool)
+    texts = labelled["text"].tolist()
+    flags = {name: evaluators.load(name).score(texts) >= threshold for name in evaluators.OFFLINE}
+    flags["union (any evaluator)"] = np.any(np.stack(list(flags.values())), axis=0)
+    rows = []
+    for name, f in flags.items():
+        tp = int((f & truth).sum())
+        rows.append({"evaluator": name, "flag rate": f.mean(),
+                     "precision": tp / max(int(f.sum()), 1), "recall": tp / max(int(truth.sum()), 1),
+                     "n": len(texts), "insults": int(truth.sum())})
     return pd.DataFrame(rows)
 
 
