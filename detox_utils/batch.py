@@ -165,6 +165,7 @@ def run_batch(profile_name: str, out: str | Path, *, jobs: int = 1, scheduler: s
     if dry_run:
         return [{"config_hash": r.config.config_hash, "status": "done" if r.done else "planned",
                  "label": r.label, "seconds": 0.0} for r in runs]
+    _remove_stale_temporaries(Path(out))
     todo = [r for r in runs if not r.done]
     summaries = [{"config_hash": r.config.config_hash, "status": "skipped", "label": r.label,
                   "seconds": 0.0} for r in runs if r.done]
@@ -179,6 +180,14 @@ def run_batch(profile_name: str, out: str | Path, *, jobs: int = 1, scheduler: s
         bar.set_postfix_str(f"{summary['status']} {summary['seconds']:.0f}s")
     bar.close()
     return summaries
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete temporary files that a killed batch left behind (a clean exit never leaves any)."""
+    for folder in (out, out / "notebooks"):
+        for tmp in folder.glob(".*.tmp*"):
+            log.info("removing %s, left by an interrupted run", tmp)
+            tmp.unlink(missing_ok=True)
 
 
 def _execute(todo: list[PlannedRun], out: Path, jobs: int, scheduler: str | None,

@@ -78,6 +78,11 @@ def test_interrupted_result_is_rerun(profiles, tmp_path):
     out.mkdir()
     runs[0].result_path.write_text("{half-writ")  # what a crash without atomic writes leaves
     assert not batch.plan(batch.get_profile("tiny", profiles), out)[0].done
+    (out / "notebooks").mkdir()
+    stale = out / "notebooks" / ".abc.ipynb.x1.tmp.ipynb"  # a killed run's temporary notebook
+    stale.write_text("{}")
+    batch.run_batch("tiny", out, profiles_path=profiles, notebook=FAKE_NB, progress=False)
+    assert not stale.exists()
 
 
 def test_dask_cluster_on_loopback(profiles, tmp_path):
