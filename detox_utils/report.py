@@ -378,7 +378,8 @@ def before_after(folder: str | Path, model: str, benchmark: str, method_label: s
     })
 
 
-def claims_table(folder: str | Path = RESULTS / "default", alpha: float = 0.05) -> pd.DataFrame:
+def claims_table(folder: str | Path = RESULTS / "default", alpha: float = 0.05,
+                 max_ppl_increase: float = 0.25) -> pd.DataFrame:
     """Each claim of the two papers next to what this compendium measured, with a rule-based verdict
     (the rules are in the code below, so the verdict is as reproducible as the numbers)."""
     loc = [r for r in load_localization() if r["config"]["score"] == "auroc"]
@@ -422,14 +423,27 @@ def claims_table(folder: str | Path = RESULTS / "default", alpha: float = 0.05) 
     def factor_text(sub: pd.DataFrame) -> str:
         return "; ".join(f"{r.model}/{r.benchmark}: {r.tox_prob_ratio:.2f}x "
                          f"[{r.tox_prob_ratio_lo:.2f}, {r.tox_prob_ratio_hi:.2f}], "
-                         f"Δppl {r.dppl:+.2f}" for r in sub.itertuples())
+                         f"Δppl {r.dppl:+.2f} ({r.rel_ppl:+.0%})" for r in sub.itertuples())
+
+    red = red.assign(rel_ppl=red.dppl / (red.ppl - red.dppl))
+    acceptable = red.rel_ppl <= max_ppl_increase
+
+    def verdict(sub: pd.DataFrame) -> str:
+        significant = sub.tox_prob_ratio_lo > 1
+        good = sub[significant & (sub.rel_ppl <= max_ppl_increase)]
+        cells = sub.groupby(["model", "benchmark"]).ngroups
+        if len(good):
+            hits = good.groupby(["model", "benchmark"]).ngroups
+            return (f"reproduces in {hits} of {cells} model/benchmark pairs (no correction for "
+                    "multiple comparisons)")
+        if significant.any():
+            return f"only at a perplexity cost above {max_ppl_increase:.0%}"
+        return "no significant reduction at this sample size"
 
     aura = red[(red.method == "aura") & (~red.preprompt)]
     if len(aura):
         add("AURA reduces toxicity up to 2.2x at +0.72 perplexity", "Suau et al. 2024",
-            "up to 2.2x, +0.72 PPL", factor_text(aura),
-            "reproduces" if (aura.tox_prob_ratio_lo > 1).any() else
-            "no significant reduction at this sample size")
+            "up to 2.2x, +0.72 PPL", factor_text(aura), verdict(aura))
     pre = red[red.method.isin(["none", "aura"]) & red.preprompt]
     if len(aura) and len(pre):
         aura_pre = pre[pre.method == "aura"]
@@ -442,11 +456,13 @@ def claims_table(folder: str | Path = RESULTS / "default", alpha: float = 0.05) 
         sub = red[(red.method == method) & (~red.preprompt)]
         if not len(sub):
             continue
-        top = sub.sort_values("tox_prob_ratio", ascending=False).groupby(["model", "benchmark"]).head(1)
+        pool = sub[acceptable.loc[sub.index]] if acceptable.loc[sub.index].any() else sub
+        top = pool.sort_values("tox_prob_ratio", ascending=False).groupby(
+            ["model", "benchmark"]).head(1)
         add(f"{name} reduces toxicity without retraining", "Beniwal & Singh 2026",
-            "qualitative (abstract)", "strongest setting per model/benchmark: " + factor_text(top),
-            "reproduces" if (top.tox_prob_ratio_lo > 1).any() else
-            "no significant reduction at this sample size")
+            "qualitative (abstract)",
+            f"strongest setting with perplexity +{max_ppl_increase:.0%} or less, per model/benchmark: "
+            + factor_text(top), verdict(sub))
     return pd.DataFrame(rows)
 
 
