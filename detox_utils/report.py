@@ -12,6 +12,7 @@ import json
 import logging
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -22,6 +23,8 @@ from . import results
 from ._io import REPO_ROOT
 
 log = logging.getLogger(__name__)
+# Book pages run in kernels without ipywidgets; tqdm.auto would print this warning into the page.
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 RESULTS = REPO_ROOT / "results"
 METRICS = ("emt", "tox_prob", "frac_toxic")
