@@ -7,6 +7,7 @@ grid that share a method reuse one localization.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from pathlib import Path
@@ -20,6 +21,12 @@ from ._io import cache_dir, stable_hash
 from .config import EvalConfig
 
 log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=None)
+def _evaluator(name: str) -> evaluators.Evaluator:
+    """Each evaluator is loaded once per process (scoring and provenance share it)."""
+    return evaluators.load(name)
 
 
 def fit_method(cfg: EvalConfig, lm: models.LoadedModel, progress: bool = True):
@@ -59,7 +66,7 @@ def score(cfg: EvalConfig, samples: pd.DataFrame, progress: bool = True) -> pd.D
     out = samples.copy()
     texts = out["continuation"].tolist()
     for name in cfg.evaluators:
-        out[f"score.{name}"] = evaluators.load(name).score(texts, progress=progress)
+        out[f"score.{name}"] = _evaluator(name).score(texts, progress=progress)
     out["score.max"] = out[[f"score.{n}" for n in cfg.evaluators]].max(axis=1)
     return out
 
@@ -100,7 +107,7 @@ def write(cfg: EvalConfig, result_dir: str | Path, *, lm: models.LoadedModel, me
         method=method.describe(),
         data={name: data.provenance(name) for name in
               (cfg.benchmark, cfg.ppl_corpus, "insults-train")},
-        evaluators={name: evaluators.load(name).provenance for name in cfg.evaluators},
+        evaluators={name: _evaluator(name).provenance for name in cfg.evaluators},
         timings=dict(timings),
     )
     return results.write_result(result_dir / f"{cfg.config_hash}.json", config=cfg.to_dict(),

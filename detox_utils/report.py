@@ -489,6 +489,47 @@ def union_validation(threshold: float = 0.5, split: str = "test") -> pd.DataFram
     return pd.DataFrame(rows)
 
 
+def plot_reduction_forest(red: pd.DataFrame, max_ppl_increase: float = 0.25):
+    """Reduction factor (toxicity probability, max over evaluators) with its paired-bootstrap CI for
+    every setting, one panel per model; hollow markers where perplexity rose by more than
+    ``max_ppl_increase``."""
+    import matplotlib.pyplot as plt
+
+    sub = red[(red.evaluator == "max") & (~red.preprompt)].copy()
+    sub["rel_ppl"] = sub.dppl / (sub.ppl - sub.dppl)
+    sub["order"] = sub.method.map({m: i for i, m in enumerate(METHOD_ORDER)})
+    labels = sub.sort_values(["order", "label"]).label.unique().tolist()
+    models = sorted(sub.model.unique())
+    benches = sorted(sub.benchmark.unique())
+    fig, axes = plt.subplots(1, len(models), figsize=(5.4 * len(models), 0.42 * len(labels) + 1.6),
+                             sharey=True, squeeze=False)
+    for ax, model in zip(axes[0], models):
+        for j, bench in enumerate(benches):
+            g = sub[(sub.model == model) & (sub.benchmark == bench)].set_index("label")
+            for i, label in enumerate(labels):
+                if label not in g.index:
+                    continue
+                r = g.loc[label]
+                y = i + (j - (len(benches) - 1) / 2) * 0.25
+                ratio = min(r.tox_prob_ratio, 20.0)
+                lo, hi = min(r.tox_prob_ratio_lo, 20.0), min(r.tox_prob_ratio_hi, 20.0)
+                color = f"C{j}"
+                ax.plot([lo, hi], [y, y], color=color, lw=1.2)
+                ax.plot(ratio, y, "o", color=color,
+                        mfc=color if r.rel_ppl <= max_ppl_increase else "white",
+                        label=bench if i == 0 else None)
+        ax.axvline(1, color="grey", ls=":")
+        ax.set_xscale("log")
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set_xlabel("reduction factor of toxicity probability (log; >1 = less toxic)")
+        ax.set_title(model, fontsize=10)
+    axes[0][0].invert_yaxis()  # the y axis is shared: invert it once, first method on top
+    axes[0][0].legend(fontsize=8, loc="lower right",
+                      title=f"hollow: perplexity +>{max_ppl_increase:.0%}", title_fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def inputs_fingerprint(root: Path = REPO_ROOT) -> str:
     """sha256 over what the book's pages read besides their own code: ``results/`` and the library."""
     import hashlib
