@@ -41,7 +41,7 @@ LOC_RESULTS := $(foreach m,$(LOC_MODELS),results/localization/$(m)__auroc-max.js
 # Each result is made only when missing: the committed results make these steps no-ops.
 results/localization/%__auroc-max.json: | $(STAMP)
 	$(VENV)/bin/papermill notebooks/localize.ipynb results/localization/localize-$*.ipynb \
-	    -p model $* --cwd notebooks --no-progress-bar
+	    -p model $* -p progress False --cwd notebooks --no-progress-bar
 
 results/evaluators/validation.json: | $(STAMP)
 	$(PY) -m detox_utils.validate_evaluators

@@ -14,3 +14,7 @@ One module per pipeline stage:
 - `report`        tables and figures for the book from committed results
 """
 __version__ = "0.1.0"
+
+from ._progress import set_progress  # noqa: E402  (detox_utils.set_progress(False) for batch runs)
+
+__all__ = ["set_progress", "__version__"]

@@ -1,5 +1,5 @@
 """Command line: ``python -m detox_utils batch --profile NAME --out DIR [--jobs N] [--scheduler ADDR]
-[--dry-run]``."""
+[--device DEV] [--dry-run]``."""
 from __future__ import annotations
 
 import argparse
@@ -21,13 +21,17 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
     b.add_argument("--profiles", default=None, help="profiles YAML (default: the packaged one)")
     b.add_argument("--timeout", type=int, default=None, help="seconds per notebook cell")
+    b.add_argument("--device", default="auto",
+                   help="torch device for every run: auto (a CUDA GPU when there is one; default), cpu, "
+                        "cuda, cuda:N, mps")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     try:
         summaries = batch.run_batch(args.profile, args.out, jobs=args.jobs,
                                     scheduler=args.scheduler, dry_run=args.dry_run,
-                                    profiles_path=args.profiles, timeout=args.timeout)
+                                    profiles_path=args.profiles, timeout=args.timeout,
+                                    device=args.device)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

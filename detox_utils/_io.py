@@ -69,6 +69,26 @@ def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def file_lock(target: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive advisory lock (``fcntl.flock``) on ``.<name>.lock`` beside ``target``.
+
+    For compute-once caches: two processes (``batch --jobs 2``, Dask workers on one disk) that need the
+    same expensive artefact take turns; the second finds it written when it gets the lock. Check for the
+    artefact again after acquiring. Released on exit, also after an exception.
+    """
+    import fcntl
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def atomic_write(dest: str | os.PathLike, data: str | bytes) -> Path:
     """Write ``data`` (text as UTF-8, or bytes) to ``dest`` atomically."""
     payload = data.encode("utf-8") if isinstance(data, str) else data

@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Literal, Mapping, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from . import _io
+from ._progress import tqdm
 
 log = logging.getLogger(__name__)
 

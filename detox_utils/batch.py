@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import yaml
-from tqdm.auto import tqdm
 
 from . import results
 from ._io import REPO_ROOT, atomic_path
-from .config import ConfigError, EvalConfig
+from ._progress import tqdm
+from .config import ConfigError, EvalConfig, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def _is_ok(path: Path) -> bool:
 
 
 def run_one(config: Mapping[str, Any], out: str | Path, notebook: str | Path = NOTEBOOK,
-            timeout: int | None = None) -> dict[str, Any]:
+            timeout: int | None = None, device: str = "auto") -> dict[str, Any]:
     """Execute the evaluation notebook for one config; never raises for a failing run.
 
     The notebook writes the ``ok`` result itself; if it fails, a ``failed`` result with the
@@ -129,7 +129,8 @@ def run_one(config: Mapping[str, Any], out: str | Path, notebook: str | Path = N
     nb_out = out / "notebooks" / f"{cfg.config_hash}.ipynb"
     nb_out.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    params = {**cfg.to_dict(), "result_dir": str(out)}
+    # progress=False: a stored notebook would otherwise keep every progress-bar update as stderr
+    params = {**cfg.to_dict(), "result_dir": str(out), "progress": False, "device": device}
     try:
         with atomic_path(nb_out) as tmp_nb:
             try:
@@ -156,10 +157,16 @@ def run_one(config: Mapping[str, Any], out: str | Path, notebook: str | Path = N
 def run_batch(profile_name: str, out: str | Path, *, jobs: int = 1, scheduler: str | None = None,
               dry_run: bool = False, profiles_path: str | Path | None = None,
               notebook: str | Path = NOTEBOOK, progress: bool = True,
-              timeout: int | None = None) -> list[dict[str, Any]]:
-    """Plan and run a profile; returns one summary dict per planned run (skipped ones included)."""
+              timeout: int | None = None, device: str = "auto") -> list[dict[str, Any]]:
+    """Plan and run a profile; returns one summary dict per planned run (skipped ones included).
+
+    ``device`` is handed to every notebook (``auto``: a CUDA GPU where the run executes has one). It is
+    checked here for local runs; with a Dask ``scheduler`` each worker resolves it on its own machine.
+    """
     if jobs < 1:
         raise ValueError(f"jobs = {jobs} is not allowed; allowed: an integer >= 1")
+    if scheduler is None:
+        resolve_device(device)
     profile = get_profile(profile_name, profiles_path)
     runs = plan(profile, out)
     if dry_run:
@@ -173,7 +180,7 @@ def run_batch(profile_name: str, out: str | Path, *, jobs: int = 1, scheduler: s
              len(runs) - len(todo), len(todo))
     labels = {r.config.config_hash: r.label for r in todo}
     bar = tqdm(total=len(todo), desc=f"batch {profile_name}", disable=not progress, unit="run")
-    for summary in _execute(todo, Path(out), jobs, scheduler, notebook, timeout):
+    for summary in _execute(todo, Path(out), jobs, scheduler, notebook, timeout, device):
         summary["label"] = labels[summary["config_hash"]]
         summaries.append(summary)
         bar.update(1)
@@ -191,8 +198,8 @@ def _remove_stale_temporaries(out: Path) -> None:
 
 
 def _execute(todo: list[PlannedRun], out: Path, jobs: int, scheduler: str | None,
-             notebook: str | Path, timeout: int | None) -> Iterable[dict[str, Any]]:
-    args = [(r.config.to_dict(), str(out), str(notebook), timeout) for r in todo]
+             notebook: str | Path, timeout: int | None, device: str) -> Iterable[dict[str, Any]]:
+    args = [(r.config.to_dict(), str(out), str(notebook), timeout, device) for r in todo]
     if scheduler:
         from distributed import Client, as_completed
 

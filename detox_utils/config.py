@@ -16,6 +16,41 @@ METHODS = ("none", "aura", "det0", "damp", "meow2x", "trne")
 BENCHMARKS = ("rtp-challenging", "slur-prefixes", "rtp-toxic")
 PPL_CORPORA = ("wiki", "xsum")
 OFFLINE_EVALUATORS = ("tox-block", "toxic-comment-classifier", "alt-profanity-check", "hatesonar")
+DTYPES = ("float32", "bfloat16", "float16")
+
+# Fields added after results were published enter the config hash only when they differ from these
+# defaults, so every published result keeps its hash (and a rerun of its grid still skips it).
+_HASHED_IF_NOT = {"dtype": "float32"}
+
+
+def _hash_dict(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if not (k in _HASHED_IF_NOT and v == _HASHED_IF_NOT[k])}
+
+
+def resolve_device(device: Any) -> str:
+    """The torch device a run uses: ``"auto"`` is ``"cuda"`` when a CUDA GPU is visible, else ``"cpu"``.
+
+    The device is a runtime choice, not part of a run's identity (its config hash); the result's
+    provenance records it. Raises ConfigError for an unknown or unavailable device.
+    """
+    import torch
+
+    allowed = "auto, cpu, cuda, cuda:N, mps"
+    _check(isinstance(device, str) and bool(device), "device", device, allowed)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"parameter 'device' = {device!r} is not allowed; allowed: {allowed}") from None
+    _check(parsed.type in ("cpu", "cuda", "mps"), "device", device, allowed)
+    if parsed.type == "cuda":
+        n = torch.cuda.device_count()
+        _check(n > 0 and (parsed.index or 0) < n, "device", device,
+               f"{allowed}; this machine has {n} CUDA device(s)" + (" (use cpu or auto)" if not n else ""))
+    if parsed.type == "mps":
+        _check(torch.backends.mps.is_available(), "device", device, f"{allowed}; MPS is not available here")
+    return str(parsed)
 
 # Free parameters of each method, with their defaults (see book/methods.md for what they mean).
 METHOD_PARAMS: dict[str, dict[str, Any]] = {
@@ -60,6 +95,7 @@ class EvalConfig:
     n_boot: int = 1000
     seed: int = 0
     batch_size: int = 64
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         _check(isinstance(self.model, str) and bool(self.model), "model", self.model,
@@ -91,6 +127,7 @@ class EvalConfig:
                "true or false")
         _check(len(self.evaluators) >= 1 and all(isinstance(e, str) for e in self.evaluators),
                "evaluators", self.evaluators, "a non-empty list of evaluator names")
+        _check(self.dtype in DTYPES, "dtype", self.dtype, ", ".join(DTYPES) + " (bfloat16 on a GPU)")
         object.__setattr__(self, "method_params", {**allowed, **dict(self.method_params)})
         object.__setattr__(self, "evaluators", tuple(self.evaluators))
 
@@ -121,12 +158,19 @@ class EvalConfig:
     @property
     def config_hash(self) -> str:
         """Stable identity of the run: the same config always gets the same hash."""
-        return stable_hash(self.to_dict())
+        return stable_hash(_hash_dict(self.to_dict()))
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, self.dtype)
 
     def fit_key(self) -> dict[str, Any]:
         """What the fitted intervention depends on (not the benchmark, sampling or sizes of eval)."""
-        return {"model": self.model, "method": self.method, "params": dict(self.method_params),
-                "n_contrast": self.n_contrast, "seed": self.seed}
+        return _hash_dict({"model": self.model, "method": self.method,
+                           "params": dict(self.method_params), "n_contrast": self.n_contrast,
+                           "seed": self.seed, "dtype": self.dtype})
 
 
 SCORE_NAMES = ("auroc", "cohens_d", "mean_diff", "average_precision")
@@ -150,6 +194,7 @@ class LocalizeConfig:
     batch_size: int = 16
     n_boot: int = 100
     seed: int = 0
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         _check(isinstance(self.model, str) and bool(self.model), "model", self.model,
@@ -169,6 +214,7 @@ class LocalizeConfig:
         _check(isinstance(self.n_boot, int) and self.n_boot >= 2, "n_boot", self.n_boot,
                "an integer >= 2")
         _check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        _check(self.dtype in DTYPES, "dtype", self.dtype, ", ".join(DTYPES) + " (bfloat16 on a GPU)")
 
     @classmethod
     def from_namespace(cls, namespace: Mapping[str, Any]) -> "LocalizeConfig":
@@ -182,4 +228,10 @@ class LocalizeConfig:
 
     @property
     def config_hash(self) -> str:
-        return stable_hash(self.to_dict())
+        return stable_hash(_hash_dict(self.to_dict()))
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, self.dtype)

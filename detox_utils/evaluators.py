@@ -46,9 +46,9 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from detox_utils._io import sha256_file
+from ._progress import tqdm
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from . import data, evaluators, generation, interventions, metrics, models, results
-from ._io import cache_dir, stable_hash
+from ._io import cache_dir, file_lock, stable_hash
 from .config import EvalConfig
 
 log = logging.getLogger(__name__)
@@ -36,10 +36,13 @@ def fit_method(cfg: EvalConfig, lm: models.LoadedModel, progress: bool = True):
     if path.exists():
         log.info("loading fitted %s from %s", cfg.method, path)
         return interventions.load(path)
-    toxic, neutral = data.contrast_texts(cfg.n_contrast, cfg.n_contrast, seed=cfg.seed)
-    method = interventions.fit(cfg.method, lm, toxic, neutral, progress=progress,
-                               **cfg.method_params)
-    method.save(path)
+    with file_lock(path):  # a concurrent run (batch --jobs N) may be fitting the same method
+        if path.exists():
+            return interventions.load(path)
+        toxic, neutral = data.contrast_texts(cfg.n_contrast, cfg.n_contrast, seed=cfg.seed)
+        method = interventions.fit(cfg.method, lm, toxic, neutral, progress=progress,
+                                   **cfg.method_params)
+        method.save(path)
     return method
 
 

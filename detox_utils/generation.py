@@ -31,7 +31,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+
+from ._progress import tqdm
 
 log = logging.getLogger(__name__)
 

@@ -828,17 +828,20 @@ def _gradient_scores(lm: Any, toxic: list[str], neutral: list[str], progress: bo
     """`localization.contrastive_gradient_scores` at the ``out`` site, cached on disk by model weights
     and texts (TRNE variants that differ only in ``rho`` or ``ridge`` share one gradient pass)."""
     from . import activations, localization
-    from ._io import atomic_path, cache_dir
+    from ._io import atomic_path, cache_dir, file_lock
 
     key = stable_hash({"weights": activations.weight_fingerprint(lm.model), "model": lm.name,
                        "texts": [toxic, neutral], "site": "out", "version": 1})
     path = cache_dir("gradient_scores") / f"{lm.name.replace('/', '--')}-{key}.pt"
     if path.exists():
         return torch.load(path, weights_only=True)
-    scores = torch.as_tensor(localization.contrastive_gradient_scores(
-        lm, toxic, neutral, site="out", progress=progress)).float()
-    with atomic_path(path) as tmp:
-        torch.save(scores, tmp)
+    with file_lock(path):  # concurrent TRNE runs (batch --jobs N) compute the gradients once
+        if path.exists():
+            return torch.load(path, weights_only=True)
+        scores = torch.as_tensor(localization.contrastive_gradient_scores(
+            lm, toxic, neutral, site="out", progress=progress)).float()
+        with atomic_path(path) as tmp:
+            torch.save(scores, tmp)
     return scores
 
 

@@ -26,9 +26,9 @@ from typing import Callable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from . import activations
+from ._progress import tqdm
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+
+from ._progress import tqdm
 
 log = logging.getLogger(__name__)
 

@@ -323,6 +323,7 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu",
     lm.model.to(device)
     lm.provenance["load_seconds"] = round(time.perf_counter() - start, 2)
     lm.provenance["dtype"] = str(dtype).removeprefix("torch.")
+    lm.provenance["device"] = str(device)
     log.info("loaded %s (%s) in %.1f s", name, type(lm.model).__name__, lm.provenance["load_seconds"])
     return lm
 
@@ -415,22 +416,14 @@ def _cached(folder: Path) -> dict | None:
 
 def _packaged_folder(name: str) -> tuple[Path, dict]:
     """The cached fp32 folder of a packaged model, converting the GGUF first if needed (under a lock)."""
-    import fcntl
-
     folder = _io.cache_dir("models") / name
     provenance = _cached(folder)
     if provenance is not None:
         return folder, {**provenance, "cache_hit": True}
-    lock_path = _io.cache_dir("models") / f".{name}.lock"
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be converting the same model
-        try:
-            provenance = _cached(folder)
-            if provenance is None:
-                provenance = _convert(PACKAGED[name], folder)
-                return folder, {**provenance, "cache_hit": False}
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with _io.file_lock(folder):  # another process may be converting the same model
+        provenance = _cached(folder)
+        if provenance is None:
+            return folder, {**_convert(PACKAGED[name], folder), "cache_hit": False}
     return folder, {**provenance, "cache_hit": True}
 
 

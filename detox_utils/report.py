@@ -12,7 +12,6 @@ import json
 import logging
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -23,8 +22,7 @@ from . import results
 from ._io import REPO_ROOT
 
 log = logging.getLogger(__name__)
-# Book pages run in kernels without ipywidgets; tqdm.auto would print this warning into the page.
-warnings.filterwarnings("ignore", message="IProgress not found")
+from . import _progress  # noqa: F401,E402 - filters tqdm's IProgress warning out of the book pages
 
 RESULTS = REPO_ROOT / "results"
 METRICS = ("emt", "tox_prob", "frac_toxic")

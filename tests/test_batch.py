@@ -13,7 +13,7 @@ import yaml
 
 from detox_utils import batch, results
 from detox_utils.__main__ import main
-from detox_utils.config import ConfigError, EvalConfig
+from detox_utils.config import ConfigError, EvalConfig, resolve_device
 
 FAKE_NB = Path(__file__).parent / "data" / "fake_evaluate.ipynb"
 
@@ -123,3 +123,41 @@ def test_relative_out_folder(profiles, tmp_path, monkeypatch):
                                 progress=False)
     assert sum(s["status"] == "ok" for s in summaries) == 3
     assert len(list((tmp_path / "rel" / "out").glob("*.json"))) == 4
+
+
+def test_dtype_and_device_parameters():
+    with pytest.raises(ConfigError, match="'dtype' = 'fp8'.*float32, bfloat16, float16"):
+        EvalConfig(dtype="fp8")
+    # dtype joined the schema after the default grid was published: at its default it leaves the
+    # hash unchanged (a published result is still found), any other value makes a different run
+    base = EvalConfig()
+    legacy = {k: v for k, v in base.to_dict().items() if k != "dtype"}
+    assert EvalConfig.from_params(legacy).config_hash == base.config_hash
+    assert EvalConfig(dtype="bfloat16").config_hash != base.config_hash
+    assert EvalConfig(dtype="bfloat16").fit_key() != base.fit_key()
+    import torch
+
+    assert EvalConfig(dtype="bfloat16").torch_dtype is torch.bfloat16
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="'device' = 'gpu'.*auto, cpu, cuda"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="0 CUDA device"):
+            resolve_device("cuda")
+
+
+def test_published_results_keep_their_hash():
+    """Every committed result of the default grid is found again under its config hash."""
+    folder = Path(__file__).resolve().parent.parent / "results" / "default"
+    records = [json.loads(p.read_text()) for p in folder.glob("*.json")]
+    assert records
+    for r in records:
+        assert EvalConfig.from_params(r["config"]).config_hash == r["config_hash"]
+
+
+def test_bad_device_refused_by_cli(profiles, tmp_path, capsys):
+    code = main(["batch", "--profile", "tiny", "--profiles", str(profiles), "--out", str(tmp_path),
+                 "--device", "tpu"])
+    assert code == 2
+    assert "'device' = 'tpu'" in capsys.readouterr().err

@@ -482,3 +482,27 @@ def test_fit_rejects_bad_arguments(tiny_gpt2):
         iv.fit("det0", tiny_gpt2, TOXIC, NEUTRAL, alpha=0.3)
     with pytest.raises(ValueError, match="toxic_texts"):
         iv.fit("aura", tiny_gpt2, "one string", NEUTRAL)
+
+
+@pytest.mark.parametrize("method,params", [
+    ("aura", {}), ("det0", {"k": 5}), ("damp", {"k": 5, "alpha": 0.5}),
+    ("meow2x", {"n_layers": 1, "k_neurons": 4, "scale": 0.5}), ("trne", {"n_layers": 1, "rho": 0.1}),
+])
+def test_every_method_runs_in_bfloat16_and_restores_exactly(method, params):
+    """The `dtype` parameter: fit, fold, generate and score perplexity on a bfloat16 model."""
+    from detox_utils import generation, metrics
+
+    from detox_utils import models
+
+    lm = models.tiny("llama")
+    lm.model.to(torch.bfloat16)
+    toxic, neutral = ["you are an idiot and a fool"] * 6, ["the weather is nice today"] * 6
+    fitted = iv.fit(method, lm, toxic, neutral, progress=False, **params)
+    before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    with fitted.apply(lm, fold=True):
+        out = generation.generate(lm, ["hello there"], n_samples=2, max_new_tokens=4, seed=0,
+                                  progress=False)
+        ppl = metrics.perplexity(lm, neutral[:3], progress=False)
+    assert len(out) == 2 and math.isfinite(ppl["corpus_ppl"])
+    assert all(torch.equal(p, before[n]) for n, p in lm.model.named_parameters())
+    assert all(p.dtype == torch.bfloat16 for p in lm.model.parameters())

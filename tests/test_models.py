@@ -114,7 +114,7 @@ def test_load_dtype(tmp_path):
     folder = _save(models.tiny("qwen2"), tmp_path / "m")
     lm = models.load(folder, dtype=torch.bfloat16)
     assert next(lm.model.parameters()).dtype == torch.bfloat16
-    assert lm.provenance["dtype"] == "bfloat16"
+    assert lm.provenance["dtype"] == "bfloat16" and lm.provenance["device"] == "cpu"
     with pytest.raises(TypeError, match="torch.dtype"):
         models.load(folder, dtype="float32")
 

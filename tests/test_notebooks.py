@@ -14,6 +14,12 @@ from detox_utils import batch, results
 
 ROOT = Path(__file__).resolve().parent.parent
 
+
+def _stderr_outputs(notebook: Path) -> list[str]:
+    nb = json.loads(notebook.read_text())
+    return ["".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", [])
+            if o.get("name") == "stderr"]
+
 pytestmark = [pytest.mark.slow, pytest.mark.realcache]
 
 
@@ -32,7 +38,11 @@ def test_smoke_profile(tmp_path):
     record = results.read_result(next(out.glob("*.json")))
     prov = record["provenance"]
     assert {"git_commit", "packages", "model", "data", "evaluators", "seed"} <= set(prov)
-    assert len(list((out / "notebooks").glob("*.ipynb"))) == len(summaries)
+    executed = sorted((out / "notebooks").glob("*.ipynb"))
+    assert len(executed) == len(summaries)
+    # the runner passes progress=False: no progress-bar updates (or other stderr) stored in the notebooks
+    noisy = {p.name: _stderr_outputs(p)[:2] for p in executed if _stderr_outputs(p)}
+    assert not noisy, noisy
     samples = results.load_samples(out, record["config_hash"])
     assert {"prompt", "continuation", "score.max"} <= set(samples.columns)
     # a rerun of a finished batch skips everything
@@ -45,7 +55,7 @@ def test_localize_notebook(tmp_path):
     pm.execute_notebook(str(ROOT / "notebooks" / "localize.ipynb"), str(out),
                         parameters={"model": "smollm2-135m", "sites": ["post", "out"],
                                     "n_toxic": 12, "n_neutral": 12, "n_boot": 3,
-                                    "result_dir": str(tmp_path / "loc")},
+                                    "result_dir": str(tmp_path / "loc"), "progress": False},
                         cwd=str(ROOT / "notebooks"), progress_bar=False, kernel_name="python3")
     written = list((tmp_path / "loc").glob("*.json"))
     assert len(written) == 1
@@ -55,6 +65,7 @@ def test_localize_notebook(tmp_path):
     nb = json.loads(out.read_text())
     images = sum("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
     assert images >= 3
+    assert _stderr_outputs(out) == []
 
 
 def test_notebook_rejects_bad_parameter(tmp_path):
