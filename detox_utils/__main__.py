@@ -1,5 +1,5 @@
 """Command line: ``python -m detox_utils batch --profile NAME --out DIR [--jobs N] [--scheduler ADDR]
-[--device DEV] [--dry-run]``."""
+[--device DEV] [--dry-run]`` and ``python -m detox_utils cache [--clear KIND]``."""
 from __future__ import annotations
 
 import argparse
@@ -24,7 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--device", default="auto",
                    help="torch device for every run: auto (a CUDA GPU when there is one; default), cpu, "
                         "cuda, cuda:N, mps")
+    c = sub.add_parser("cache", help="show the size of each cache folder, or clear one")
+    c.add_argument("--clear", metavar="KIND", default=None,
+                   help="delete one cache: models, activations, gradient_scores, interventions, or all")
     args = parser.parse_args(argv)
+    if args.command == "cache":
+        return _cache(args.clear)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     try:
@@ -42,6 +47,23 @@ def main(argv: list[str] | None = None) -> int:
         f"{n} {st}" for st in ("planned", "done", "skipped", "ok", "failed")
         if (n := sum(s["status"] == st for s in summaries))))
     return 1 if failed else 0
+
+
+def _cache(clear: str | None) -> int:
+    from . import _io
+
+    if clear is not None:
+        try:
+            freed = _io.clear_cache(clear)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"cleared {clear}: {freed / 2**20:.1f} MiB freed")
+        return 0
+    print(f"cache folder: {_io.cache_root()} (${_io.CACHE_ENV})")
+    for kind, (n, size) in _io.cache_usage().items():
+        print(f"{kind:16s} {n:5d} entries {size / 2**20:10.1f} MiB")
+    return 0
 
 
 if __name__ == "__main__":

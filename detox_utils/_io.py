@@ -22,10 +22,44 @@ CACHE_ENV = "DETOX_CACHE_DIR"
 
 def cache_dir(*parts: str) -> Path:
     """The cache folder (``$DETOX_CACHE_DIR``, default ``~/.cache/detox_utils``), created on demand."""
-    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "detox_utils")
-    path = root.joinpath(*parts)
+    path = cache_root().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+CACHE_KINDS = ("models", "activations", "gradient_scores", "interventions")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "detox_utils")
+
+
+def cache_usage() -> dict[str, tuple[int, int]]:
+    """``{kind: (entries, bytes)}`` for each cache folder (0, 0 where it does not exist)."""
+    usage = {}
+    for kind in CACHE_KINDS:
+        folder = cache_root() / kind
+        entries = [p for p in folder.iterdir() if not p.name.startswith(".")] if folder.is_dir() else []
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
+        usage[kind] = (len(entries), size)
+    return usage
+
+
+def clear_cache(kind: str) -> int:
+    """Delete one cache folder (or ``"all"`` of them); returns the bytes freed. Everything in it is
+    recomputed on demand: models are dequantized again, activations re-recorded, methods refitted."""
+    import shutil
+
+    allowed = (*CACHE_KINDS, "all")
+    if kind not in allowed:
+        raise ValueError(f"unknown cache {kind!r}; allowed: {', '.join(allowed)}")
+    freed = 0
+    for k in CACHE_KINDS if kind == "all" else (kind,):
+        folder = cache_root() / k
+        if folder.is_dir():
+            freed += cache_usage()[k][1]
+            shutil.rmtree(folder)
+    return freed
 
 
 @contextlib.contextmanager

@@ -73,3 +73,20 @@ def test_set_progress_switches_every_bar_off_and_on():
             set_progress("no")
     finally:
         set_progress(True)
+
+
+def test_cache_command_lists_and_clears(tmp_path, monkeypatch, capsys):
+    from detox_utils.__main__ import main
+
+    monkeypatch.setenv("DETOX_CACHE_DIR", str(tmp_path))
+    atomic_write(tmp_path / "activations" / "m-post-abc" / "chunk0.pt", b"x" * 2048)
+    atomic_write(tmp_path / "interventions" / "aura-1.pt", b"y" * 10)
+    assert main(["cache"]) == 0
+    out = capsys.readouterr().out
+    assert str(tmp_path) in out and "activations" in out and "1 entries" in out
+    assert main(["cache", "--clear", "activations"]) == 0
+    assert not (tmp_path / "activations").exists() and (tmp_path / "interventions").exists()
+    assert main(["cache", "--clear", "everything"]) == 2
+    assert "allowed: models, activations, gradient_scores, interventions, all" in capsys.readouterr().err
+    assert main(["cache", "--clear", "all"]) == 0
+    assert not (tmp_path / "interventions").exists()
