@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export PYTHONHASHSEED := 0
 
-.PHONY: venv test test-fast smoke results book benchmarks clean-book
+.PHONY: venv test test-fast smoke results book benchmarks verify clean-book
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,8 @@ LOC_RESULTS := $(foreach m,$(LOC_MODELS),results/localization/$(m)__auroc-max.js
 results/localization/%__auroc-max.json: | $(STAMP)
 	$(VENV)/bin/papermill notebooks/localize.ipynb results/localization/localize-$*.ipynb \
 	    -p model $* -p progress False --cwd notebooks --no-progress-bar
+	$(PY) -m detox_utils.report retitle results/localization/localize-$*.ipynb \
+	    --title "Localization notebook: $*"
 
 results/evaluators/validation.json: | $(STAMP)
 	$(PY) -m detox_utils.validate_evaluators
@@ -51,6 +53,11 @@ results: $(STAMP) $(LOC_RESULTS) results/evaluators/validation.json
 
 book: results
 	$(PY) -m detox_utils.report build
+
+# Rerun the N cheapest published runs and compare them with the committed results (VERIFY_N=48: all)
+VERIFY_N ?= 2
+verify: $(STAMP)
+	$(PY) -m detox_utils verify --out $(RESULTS) --n $(VERIFY_N)
 
 benchmarks: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -1,5 +1,6 @@
 """Command line: ``python -m detox_utils batch --profile NAME --out DIR [--jobs N] [--scheduler ADDR]
-[--device DEV] [--dry-run]`` and ``python -m detox_utils cache [--clear KIND]``."""
+[--device DEV] [--dry-run]``, ``python -m detox_utils verify --out DIR [--runs HASH ...] [--n N]`` and
+``python -m detox_utils cache [--clear KIND]``."""
 from __future__ import annotations
 
 import argparse
@@ -27,10 +28,20 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("cache", help="show the size of each cache folder, or clear one")
     c.add_argument("--clear", metavar="KIND", default=None,
                    help="delete one cache: models, activations, gradient_scores, interventions, or all")
+    v = sub.add_parser("verify", help="rerun published runs and compare them with the stored results")
+    v.add_argument("--out", required=True, help="result folder to check, e.g. results/default")
+    v.add_argument("--runs", nargs="+", default=None, metavar="HASH",
+                   help="config hashes to rerun (default: the --n cheapest runs)")
+    v.add_argument("--n", type=int, default=1, help="how many of the cheapest runs to rerun (default 1)")
+    v.add_argument("--atol", type=float, default=1e-9, help="absolute tolerance for metrics")
+    v.add_argument("--workdir", default=None, help="keep the reruns here (default: a temporary folder)")
+    v.add_argument("--device", default="auto", help="torch device, as for batch")
     args = parser.parse_args(argv)
     if args.command == "cache":
         return _cache(args.clear)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "verify":
+        return _verify(args)
 
     try:
         summaries = batch.run_batch(args.profile, args.out, jobs=args.jobs,
@@ -47,6 +58,25 @@ def main(argv: list[str] | None = None) -> int:
         f"{n} {st}" for st in ("planned", "done", "skipped", "ok", "failed")
         if (n := sum(s["status"] == st for s in summaries))))
     return 1 if failed else 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from . import verify
+
+    try:
+        checks = verify.verify(args.out, args.runs, args.n, atol=args.atol, workdir=args.workdir,
+                               device=args.device)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for c in checks:
+        print(f"{c.status:10s} {c.config_hash}  {c.label}  {c.n_metrics} metrics, {c.n_samples} samples, "
+              f"max |diff| {c.max_abs_diff:.3g}, {c.seconds:.0f}s")
+        for line in c.differences:
+            print(f"           {line}")
+    n_ok = sum(c.status == "reproduced" for c in checks)
+    print(f"{n_ok} of {len(checks)} runs reproduced")
+    return 0 if n_ok == len(checks) else 1
 
 
 def _cache(clear: str | None) -> int:

@@ -568,12 +568,44 @@ def build(strict: bool = True, all_pages: bool = True) -> int:
     return code
 
 
+def retitle_notebook(path: str | Path, title: str) -> Path:
+    """Give an executed notebook its own page title: replace the first markdown cell's ``# ...``
+    heading with ``# <title>`` (atomically). Executed copies of one notebook (one per model) would
+    otherwise share the template's heading, and the book's navigation could not tell them apart."""
+    from ._io import atomic_write
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no notebook at {path}")
+    if not title.strip() or "\n" in title:
+        raise ValueError(f"title must be one non-empty line, got {title!r}")
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") != "markdown":
+            continue
+        lines = "".join(cell["source"]).split("\n")
+        for i, line in enumerate(lines):
+            if line.startswith("# "):
+                lines[i] = f"# {title.strip()}"
+                cell["source"] = "\n".join(lines)
+                atomic_write(path, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+                return path
+    raise ValueError(f"{path} has no markdown cell with a '# ' heading to retitle")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m detox_utils.report")
-    parser.add_argument("command", choices=["build"])
-    parser.add_argument("--no-strict", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="build the book strictly from the committed results")
+    b.add_argument("--no-strict", action="store_true")
+    r = sub.add_parser("retitle", help="set the page title (first '# ' heading) of an executed notebook")
+    r.add_argument("notebook")
+    r.add_argument("--title", required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    if args.command == "retitle":
+        retitle_notebook(args.notebook, args.title)
+        return 0
     return build(strict=not args.no_strict)
 
 

@@ -324,3 +324,25 @@ def test_page_checks_see_errors_inside_cell_outputs_only(tmp_path):
     assert parsed.images == ["../_images/fig.png"]
     assert SPHINX_WARNING.search("/x/book/a.md:3: WARNING: unknown document: 'b'")
     assert not SPHINX_WARNING.search("[IPKernelApp] WARNING | Kernel is running over TCP")
+
+
+def test_retitle_gives_an_executed_notebook_its_own_heading(tmp_path):
+    import json
+
+    nb = {"cells": [{"cell_type": "code", "source": "# not a heading\nx = 1", "metadata": {}, "outputs": [],
+                     "execution_count": None},
+                    {"cell_type": "markdown", "source": ["# Template title\n", "\n", "text"], "metadata": {}}],
+          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    path = tmp_path / "x.ipynb"
+    path.write_text(json.dumps(nb))
+    report.retitle_notebook(path, "Localization notebook: m")
+    cells = json.loads(path.read_text())["cells"]
+    assert cells[1]["source"] == "# Localization notebook: m\n\ntext"
+    assert cells[0]["source"] == nb["cells"][0]["source"]  # code comments are not headings
+    with pytest.raises(ValueError, match="one non-empty line"):
+        report.retitle_notebook(path, "a\nb")
+    path.write_text(json.dumps({**nb, "cells": nb["cells"][:1]}))
+    with pytest.raises(ValueError, match="no markdown cell"):
+        report.retitle_notebook(path, "t")
+    with pytest.raises(FileNotFoundError):
+        report.retitle_notebook(tmp_path / "missing.ipynb", "t")

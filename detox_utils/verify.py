@@ -1,0 +1,169 @@
+"""Re-execute published runs and compare them with the stored results: does this machine reproduce
+the book's numbers?
+
+``python -m detox_utils verify --out results/default [--runs HASH ...] [--n N]`` reruns the chosen
+runs of a result folder (by default the ``N`` cheapest by their recorded timings) through the same
+papermill notebook into a scratch folder, then compares, for each run,
+
+- every metric leaf (numbers within ``atol + rtol * |stored|``, everything else exactly), and
+- the generated continuations, token for token (the samples file), and their scores.
+
+A run is *reproduced* when nothing differs. Generation is seeded, so on the same software stack and
+device kind a rerun is expected to match exactly; another BLAS, GPU or dtype may change sampled tokens
+and so every downstream number, which this check reports rather than hides.
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from . import batch, results
+from .config import resolve_device
+
+
+@dataclass
+class Verification:
+    config_hash: str
+    label: str
+    status: str                    # "reproduced", "differs" or "failed" (the rerun itself failed)
+    n_metrics: int = 0
+    n_samples: int = 0
+    max_abs_diff: float = 0.0      # over the numeric metric leaves
+    differences: list[str] = field(default_factory=list)  # up to MAX_LISTED human-readable lines
+    seconds: float = 0.0
+
+
+MAX_LISTED = 20
+
+
+def _leaves(prefix: str, obj: Any) -> Iterator[tuple[str, Any]]:
+    """Every scalar of a nested metrics record, keyed by its path (``toxicity.max.emt``, ``x[3]``)."""
+    if isinstance(obj, dict):
+        for key in sorted(obj):
+            yield from _leaves(f"{prefix}.{key}" if prefix else str(key), obj[key])
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from _leaves(f"{prefix}[{i}]", value)
+    else:
+        yield prefix, obj
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def compare_metrics(stored: dict[str, Any], rerun: dict[str, Any], *, atol: float = 1e-9,
+                    rtol: float = 1e-7) -> tuple[int, float, list[str]]:
+    """Compare two metric records leaf by leaf. Returns (leaves compared, max |difference| over
+    numeric leaves, one line per difference). ``None`` (a NaN written to JSON) equals ``None``."""
+    a, b = dict(_leaves("", stored)), dict(_leaves("", rerun))
+    diffs = [f"{k}: only in the stored result" for k in sorted(a.keys() - b.keys())]
+    diffs += [f"{k}: only in the rerun" for k in sorted(b.keys() - a.keys())]
+    worst = 0.0
+    for key in sorted(a.keys() & b.keys()):
+        x, y = a[key], b[key]
+        if _is_number(x) and _is_number(y):
+            d = abs(float(x) - float(y))
+            if math.isnan(d):
+                d = math.inf
+            worst = max(worst, d)
+            if d > atol + rtol * abs(float(x)):
+                diffs.append(f"{key}: stored {x!r}, rerun {y!r} (|diff| {d:.3g})")
+        elif x != y:
+            diffs.append(f"{key}: stored {x!r}, rerun {y!r}")
+    return len(a.keys() | b.keys()), worst, diffs
+
+
+def compare_samples(stored, rerun, *, atol: float = 1e-6) -> list[str]:
+    """Continuations must match exactly (token for token, as decoded text); scores within ``atol``."""
+    if len(stored) != len(rerun):
+        return [f"samples: stored {len(stored)} rows, rerun {len(rerun)}"]
+    diffs = []
+    for col in stored.columns:
+        if col not in rerun.columns:
+            diffs.append(f"samples: column {col} missing from the rerun")
+            continue
+        if col.startswith("score."):
+            bad = (stored[col].astype(float) - rerun[col].astype(float)).abs() > atol
+        else:
+            bad = stored[col].astype(str) != rerun[col].astype(str)
+        if bad.any():
+            first = int(bad.to_numpy().nonzero()[0][0])
+            diffs.append(f"samples.{col}: {int(bad.sum())} of {len(bad)} rows differ (first: row {first}"
+                         f", stored {stored[col].iloc[first]!r}, rerun {rerun[col].iloc[first]!r})")
+    return diffs
+
+
+def _cost(record: dict[str, Any]) -> float:
+    timings = record.get("provenance", {}).get("timings") or {}
+    return float(sum(v for v in timings.values() if _is_number(v))) or math.inf
+
+
+def select_runs(folder: str | Path, runs: list[str] | None = None, n: int = 1) -> list[dict[str, Any]]:
+    """The stored ``ok`` records to re-execute: the given hashes, else the ``n`` cheapest runs."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no result folder at {folder}")
+    records = {}
+    for path in sorted(folder.glob("*.json")):
+        rec = results.read_result(path)
+        if rec["status"] == "ok":
+            records[rec["config_hash"]] = rec
+    if not records:
+        raise ValueError(f"{folder} holds no finished ('ok') results to verify")
+    if runs:
+        unknown = [h for h in runs if h not in records]
+        if unknown:
+            raise ValueError(f"no finished run {', '.join(unknown)} in {folder}; allowed: "
+                             + ", ".join(sorted(records)))
+        return [records[h] for h in runs]
+    if n < 1:
+        raise ValueError(f"n = {n} is not allowed; allowed: an integer >= 1")
+    return sorted(records.values(), key=lambda r: (_cost(r), r["config_hash"]))[:n]
+
+
+def _label(config: dict[str, Any]) -> str:
+    params = ",".join(f"{k}={v}" for k, v in sorted(config.get("method_params", {}).items()))
+    return f"{config['model']} | {config['benchmark']} | {config['method']}({params})"
+
+
+def verify(folder: str | Path, runs: list[str] | None = None, n: int = 1, *, atol: float = 1e-9,
+           rtol: float = 1e-7, workdir: str | Path | None = None, device: str = "auto",
+           timeout: int | None = None,
+           notebook: str | Path = batch.NOTEBOOK) -> list[Verification]:
+    """Re-execute the selected runs of ``folder`` into ``workdir`` (a temporary folder by default,
+    removed afterwards) and compare each with its stored result. The stored files are only read."""
+    folder = Path(folder)
+    resolve_device(device)
+    chosen = select_runs(folder, runs, n)
+    with tempfile.TemporaryDirectory(prefix="detox-verify-") as tmp:
+        scratch = Path(workdir) if workdir is not None else Path(tmp)
+        scratch.mkdir(parents=True, exist_ok=True)
+        out = []
+        for record in chosen:
+            h, config = record["config_hash"], record["config"]
+            summary = batch.run_one(config, scratch, notebook, timeout=timeout, device=device)
+            if summary["config_hash"] != h:  # the code now hashes this config differently
+                out.append(Verification(h, _label(config), "failed", seconds=summary["seconds"],
+                                        differences=[f"config now hashes to {summary['config_hash']}"]))
+                continue
+            new = results.read_result(scratch / f"{h}.json")
+            if new["status"] != "ok":
+                tail = (new.get("error") or "").strip().splitlines()[-1:]
+                out.append(Verification(h, _label(config), "failed", seconds=summary["seconds"],
+                                        differences=tail))
+                continue
+            n_leaves, worst, diffs = compare_metrics(record["metrics"], new["metrics"],
+                                                     atol=atol, rtol=rtol)
+            stored_s = results.load_samples(folder, h)
+            diffs += compare_samples(stored_s, results.load_samples(scratch, h))
+            out.append(Verification(h, _label(config), "differs" if diffs else "reproduced",
+                                    n_metrics=n_leaves, n_samples=len(stored_s), max_abs_diff=worst,
+                                    differences=diffs[:MAX_LISTED], seconds=summary["seconds"]))
+        return out
+
+
+__all__ = ["Verification", "compare_metrics", "compare_samples", "select_runs", "verify"]
