@@ -154,6 +154,7 @@ def plot_layer_scores(record: dict, ax=None):
         ax.plot(x, ls["point"], marker="o", ms=3, label=SITE_LABELS.get(site, site))
         ax.fill_between(x, ls["lo"], ls["hi"], alpha=0.2)
     ci = int(100 * next(iter(record["summary"].values()))["layer_score"]["ci"])
+    _integer_layers(ax)
     ax.set_xlabel("layer (0 = first)")
     ax.set_ylabel(_score_label(record))
     ax.set_title(f"{record['model']}: {record['n_toxic']} toxic vs {record['n_neutral']} neutral "
@@ -188,13 +189,21 @@ def plot_unit_distribution(record: dict, site: str, ax=None):
     ax.fill_between(x, q[0.25], q[0.75], alpha=0.4, label="25-75%")
     ax.plot(x, q[0.5], color="k", lw=1, label="median")
     if record["config"]["score"] == "auroc":
-        ax.axhline(0.5, color="grey", ls=":", lw=1)
-    ax.set_xlabel("layer")
-    ax.set_ylabel(f"unit {record['config']['score']}")
-    ax.set_title(f"{record['model']} / {SITE_LABELS.get(site, site)}: "
-                 f"{summ['n_units']} units per layer", fontsize=10)
-    ax.legend(fontsize=8, loc="upper right")
+        ax.axhline(0.5, color="grey", ls=":", lw=1, label="chance (0.5)")
+    _integer_layers(ax)
+    ax.set_xlabel("layer (0 = first)")
+    ax.set_ylabel(f"unit {record['config']['score']} (toxic vs neutral)")
+    ax.set_title(f"{record['model']} / {SITE_LABELS.get(site, site)}: {summ['n_units']} units per "
+                 f"layer, {record['n_toxic']} toxic vs {record['n_neutral']} neutral texts", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return ax
+
+
+def _integer_layers(ax) -> None:
+    """Layers are whole numbers: no 2.5 ticks on a layer axis."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def early_test_table(records: list[dict]) -> pd.DataFrame:
