@@ -14,6 +14,7 @@ and so every downstream number, which this check reports rather than hides.
 """
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import batch, results
+from ._progress import tqdm
 from .config import resolve_device
 
 
@@ -37,6 +39,7 @@ class Verification:
 
 
 MAX_LISTED = 20
+log = logging.getLogger(__name__)
 
 
 def _leaves(prefix: str, obj: Any) -> Iterator[tuple[str, Any]]:
@@ -133,7 +136,7 @@ def _label(config: dict[str, Any]) -> str:
 def verify(folder: str | Path, runs: list[str] | None = None, n: int = 1, *, atol: float = 1e-9,
            rtol: float = 1e-7, workdir: str | Path | None = None, device: str = "auto",
            timeout: int | None = None,
-           notebook: str | Path = batch.NOTEBOOK) -> list[Verification]:
+           notebook: str | Path = batch.NOTEBOOK, progress: bool = True) -> list[Verification]:
     """Re-execute the selected runs of ``folder`` into ``workdir`` (a temporary folder by default,
     removed afterwards) and compare each with its stored result. The stored files are only read."""
     folder = Path(folder)
@@ -142,8 +145,11 @@ def verify(folder: str | Path, runs: list[str] | None = None, n: int = 1, *, ato
     with tempfile.TemporaryDirectory(prefix="detox-verify-") as tmp:
         scratch = Path(workdir) if workdir is not None else Path(tmp)
         scratch.mkdir(parents=True, exist_ok=True)
-        out = []
-        for record in chosen:
+        out: list[Verification] = []
+        bar = tqdm(chosen, desc="verify", unit="run", disable=not progress)
+        for record in bar:
+            if out:
+                bar.set_postfix_str(f"{sum(v.status == 'reproduced' for v in out)}/{len(out)} reproduced")
             h, config = record["config_hash"], record["config"]
             summary = batch.run_one(config, scratch, notebook, timeout=timeout, device=device)
             if summary["config_hash"] != h:  # the code now hashes this config differently
@@ -163,6 +169,7 @@ def verify(folder: str | Path, runs: list[str] | None = None, n: int = 1, *, ato
             out.append(Verification(h, _label(config), "differs" if diffs else "reproduced",
                                     n_metrics=n_leaves, n_samples=len(stored_s), max_abs_diff=worst,
                                     differences=diffs[:MAX_LISTED], seconds=summary["seconds"]))
+            log.info("%s %s: %s", h, out[-1].label, out[-1].status)
         return out
 
 

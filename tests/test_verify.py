@@ -42,7 +42,7 @@ def test_compare_metrics_leaf_by_leaf():
 
 
 def test_verify_reproduces_then_reports_tampering(published, tmp_path, capsys):
-    checks = verify.verify(published, n=2, notebook=FAKE_NB)
+    checks = verify.verify(published, n=2, notebook=FAKE_NB, progress=False)
     assert [c.status for c in checks] == ["reproduced", "reproduced"]
     assert all(c.n_metrics == 1 and c.n_samples == 2 and not c.differences for c in checks)
 
@@ -54,7 +54,8 @@ def test_verify_reproduces_then_reports_tampering(published, tmp_path, capsys):
     with gzip.open(published / f"{h}.samples.csv.gz", "wt") as f:
         f.write("prompt_id,continuation,score.max\n0,a b,0.1\n0,d,0.2\n")
     before = {p.name: p.read_bytes() for p in published.iterdir() if p.is_file()}
-    [check] = verify.verify(published, runs=[h], notebook=FAKE_NB, workdir=tmp_path / "scratch")
+    [check] = verify.verify(published, runs=[h], notebook=FAKE_NB, workdir=tmp_path / "scratch",
+                               progress=False)
     assert check.status == "differs" and check.max_abs_diff == pytest.approx(0.1)
     assert check.differences == [
         "toxicity.max.emt: stored 0.2, rerun 0.1 (|diff| 0.1)",
