@@ -95,9 +95,15 @@ def compare_samples(stored, rerun, *, atol: float = 1e-6) -> list[str]:
             bad = stored[col].astype(str) != rerun[col].astype(str)
         if bad.any():
             first = int(bad.to_numpy().nonzero()[0][0])
+            a, b = (_plain(df[col].iloc[first]) for df in (stored, rerun))
             diffs.append(f"samples.{col}: {int(bad.sum())} of {len(bad)} rows differ (first: row {first}"
-                         f", stored {stored[col].iloc[first]!r}, rerun {rerun[col].iloc[first]!r})")
+                         f", stored {a!r}, rerun {b!r})")
     return diffs
+
+
+def _plain(x: Any) -> Any:
+    """A numpy scalar as the Python value it holds (so messages read 0.31, not np.float64(0.31))."""
+    return x.item() if hasattr(x, "item") else x
 
 
 def _cost(record: dict[str, Any]) -> float:

@@ -78,3 +78,14 @@ def test_verify_refuses_bad_input(published, tmp_path, capsys):
     assert "no finished run deadbeef" in capsys.readouterr().err
     assert main(["verify", "--out", str(published), "--device", "tpu"]) == 2
     assert "device" in capsys.readouterr().err
+
+
+def test_compare_samples_messages_read_plainly():
+    import pandas as pd
+
+    stored = pd.DataFrame({"continuation": ["a", "b"], "score.max": [0.25, 0.5]})
+    assert verify.compare_samples(stored, stored.copy()) == []
+    rerun = stored.assign(**{"score.max": [0.25, 0.75]})
+    assert verify.compare_samples(stored, rerun) == [
+        "samples.score.max: 1 of 2 rows differ (first: row 1, stored 0.5, rerun 0.75)"]
+    assert verify.compare_samples(stored, stored.iloc[:1]) == ["samples: stored 2 rows, rerun 1"]
