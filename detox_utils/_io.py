@@ -36,13 +36,15 @@ def cache_root() -> Path:
 
 def cache_usage() -> dict[str, tuple[int, int]]:
     """``{kind: (entries, bytes)}`` for each cache folder (0, 0 where it does not exist)."""
-    usage = {}
-    for kind in CACHE_KINDS:
-        folder = cache_root() / kind
-        entries = [p for p in folder.iterdir() if not p.name.startswith(".")] if folder.is_dir() else []
-        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
-        usage[kind] = (len(entries), size)
-    return usage
+    return {kind: _folder_usage(cache_root() / kind) for kind in CACHE_KINDS}
+
+
+def _folder_usage(folder: Path) -> tuple[int, int]:
+    """(entries not starting with '.', bytes of every file below) of one folder; (0, 0) if missing."""
+    if not folder.is_dir():
+        return 0, 0
+    entries = sum(not p.name.startswith(".") for p in folder.iterdir())
+    return entries, sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
 def clear_cache(kind: str) -> int:
@@ -57,7 +59,7 @@ def clear_cache(kind: str) -> int:
     for k in CACHE_KINDS if kind == "all" else (kind,):
         folder = cache_root() / k
         if folder.is_dir():
-            freed += cache_usage()[k][1]
+            freed += _folder_usage(folder)[1]
             shutil.rmtree(folder)
     return freed
 

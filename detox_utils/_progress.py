@@ -34,10 +34,6 @@ def set_progress(enabled: bool) -> None:
         pass
 
 
-def progress_enabled() -> bool:
-    return _ENABLED
-
-
 def tqdm(*args, disable: bool = False, **kwargs):
     """`tqdm.auto.tqdm`, also disabled when `set_progress(False)` was called."""
     return _tqdm(*args, disable=disable or not _ENABLED, **kwargs)

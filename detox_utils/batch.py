@@ -40,10 +40,14 @@ class PlannedRun:
 
     @property
     def label(self) -> str:
-        c = self.config
-        params = ",".join(f"{k}={v}" for k, v in sorted(c.method_params.items()))
-        pre = " +preprompt" if c.preprompt else ""
-        return f"{c.model} | {c.benchmark} | {c.method}({params}){pre}"
+        return run_label(self.config)
+
+
+def run_label(c: EvalConfig) -> str:
+    """One line naming a run: ``model | benchmark | method(params) [+preprompt]``."""
+    params = ",".join(f"{k}={v}" for k, v in sorted(c.method_params.items()))
+    pre = " +preprompt" if c.preprompt else ""
+    return f"{c.model} | {c.benchmark} | {c.method}({params}){pre}"
 
 
 def load_profiles(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
@@ -221,4 +225,4 @@ def _execute(todo: list[PlannedRun], out: Path, jobs: int, scheduler: str | None
 
 
 __all__ = ["ConfigError", "PlannedRun", "expand", "get_profile", "load_profiles", "plan",
-           "run_batch", "run_one"]
+           "run_batch", "run_label", "run_one"]

@@ -27,6 +27,13 @@ def _hash_dict(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if not (k in _HASHED_IF_NOT and v == _HASHED_IF_NOT[k])}
 
 
+def _torch_dtype(cfg: Any):
+    """The ``torch.dtype`` named by a config's ``dtype`` field (one of `DTYPES`)."""
+    import torch
+
+    return getattr(torch, cfg.dtype)
+
+
 def resolve_device(device: Any) -> str:
     """The torch device a run uses: ``"auto"`` is ``"cuda"`` when a CUDA GPU is visible, else ``"cpu"``.
 
@@ -160,11 +167,7 @@ class EvalConfig:
         """Stable identity of the run: the same config always gets the same hash."""
         return stable_hash(_hash_dict(self.to_dict()))
 
-    @property
-    def torch_dtype(self):
-        import torch
-
-        return getattr(torch, self.dtype)
+    torch_dtype = property(_torch_dtype)
 
     def fit_key(self) -> dict[str, Any]:
         """What the fitted intervention depends on (not the benchmark, sampling or sizes of eval)."""
@@ -230,8 +233,4 @@ class LocalizeConfig:
     def config_hash(self) -> str:
         return stable_hash(_hash_dict(self.to_dict()))
 
-    @property
-    def torch_dtype(self):
-        import torch
-
-        return getattr(torch, self.dtype)
+    torch_dtype = property(_torch_dtype)

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 from . import batch, results
 from ._progress import tqdm
-from .config import resolve_device
+from .config import EvalConfig, resolve_device
 
 
 @dataclass
@@ -134,11 +134,6 @@ def select_runs(folder: str | Path, runs: list[str] | None = None, n: int = 1) -
     return sorted(records.values(), key=lambda r: (_cost(r), r["config_hash"]))[:n]
 
 
-def _label(config: dict[str, Any]) -> str:
-    params = ",".join(f"{k}={v}" for k, v in sorted(config.get("method_params", {}).items()))
-    return f"{config['model']} | {config['benchmark']} | {config['method']}({params})"
-
-
 def verify(folder: str | Path, runs: list[str] | None = None, n: int = 1, *, atol: float = 1e-9,
            rtol: float = 1e-7, workdir: str | Path | None = None, device: str = "auto",
            timeout: int | None = None,
@@ -157,22 +152,23 @@ def verify(folder: str | Path, runs: list[str] | None = None, n: int = 1, *, ato
             if out:
                 bar.set_postfix_str(f"{sum(v.status == 'reproduced' for v in out)}/{len(out)} reproduced")
             h, config = record["config_hash"], record["config"]
+            label = batch.run_label(EvalConfig.from_params(config))
             summary = batch.run_one(config, scratch, notebook, timeout=timeout, device=device)
             if summary["config_hash"] != h:  # the code now hashes this config differently
-                out.append(Verification(h, _label(config), "failed", seconds=summary["seconds"],
+                out.append(Verification(h, label, "failed", seconds=summary["seconds"],
                                         differences=[f"config now hashes to {summary['config_hash']}"]))
                 continue
             new = results.read_result(scratch / f"{h}.json")
             if new["status"] != "ok":
                 tail = (new.get("error") or "").strip().splitlines()[-1:]
-                out.append(Verification(h, _label(config), "failed", seconds=summary["seconds"],
+                out.append(Verification(h, label, "failed", seconds=summary["seconds"],
                                         differences=tail))
                 continue
             n_leaves, worst, diffs = compare_metrics(record["metrics"], new["metrics"],
                                                      atol=atol, rtol=rtol)
             stored_s = results.load_samples(folder, h)
             diffs += compare_samples(stored_s, results.load_samples(scratch, h))
-            out.append(Verification(h, _label(config), "differs" if diffs else "reproduced",
+            out.append(Verification(h, label, "differs" if diffs else "reproduced",
                                     n_metrics=n_leaves, n_samples=len(stored_s), max_abs_diff=worst,
                                     differences=diffs[:MAX_LISTED], seconds=summary["seconds"]))
             log.info("%s %s: %s", h, out[-1].label, out[-1].status)
