@@ -27,7 +27,7 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
-CACHE_KINDS = ("models", "activations", "gradient_scores", "interventions")
+CACHE_KINDS = ("models", "activations", "gradient_scores", "interventions", "capability")
 
 
 def cache_root() -> Path:

@@ -47,7 +47,8 @@ def run_label(c: EvalConfig) -> str:
     """One line naming a run: ``model | benchmark | method(params) [+preprompt]``."""
     params = ",".join(f"{k}={v}" for k, v in sorted(c.method_params.items()))
     pre = " +preprompt" if c.preprompt else ""
-    return f"{c.model} | {c.benchmark} | {c.method}({params}){pre}"
+    control = f" random-control(seed={c.control_seed})" if c.control_seed is not None else ""
+    return f"{c.model} | {c.benchmark} | {c.method}({params}){control}{pre}"
 
 
 def load_profiles(path: str | Path | None = None) -> dict[str, dict[str, Any]]:

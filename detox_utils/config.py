@@ -20,7 +20,11 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 # Fields added after results were published enter the config hash only when they differ from these
 # defaults, so every published result keeps its hash (and a rerun of its grid still skips it).
-_HASHED_IF_NOT = {"dtype": "float32"}
+_HASHED_IF_NOT = {"dtype": "float32", "control_seed": None, "ppl_prefix": "auto", "n_zeroshot": 0,
+                  "zeroshot_tasks": ["piqa", "arc_easy", "hellaswag"]}
+PPL_PREFIXES = ("auto", "doc-start", "none")
+ZEROSHOT_TASKS = ("piqa", "arc_easy", "hellaswag")
+MAX_NEW_TOKENS = 512
 
 
 def _hash_dict(d: dict[str, Any]) -> dict[str, Any]:
@@ -70,6 +74,29 @@ METHOD_PARAMS: dict[str, dict[str, Any]] = {
 }
 
 
+def _is_int(v: Any, least: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+
+def _is_number(v: Any, ok) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and ok(float(v))
+
+
+# What each method parameter may be, checked before any model is loaded: (check, what is allowed).
+METHOD_PARAM_RULES: dict[str, dict[str, tuple[Any, str]]] = {
+    "aura": {"auroc_threshold": (lambda v: _is_number(v, lambda x: 0.5 <= x < 1), "a number in [0.5, 1)")},
+    "det0": {"k": (lambda v: _is_int(v, 1), "an integer >= 1 (units to zero)")},
+    "damp": {"k": (lambda v: _is_int(v, 1), "an integer >= 1 (units to dampen)"),
+             "alpha": (lambda v: _is_number(v, lambda x: 0 <= x <= 1), "a number in [0, 1] (a dampening)")},
+    "meow2x": {"n_layers": (lambda v: _is_int(v, 1), "an integer >= 1"),
+               "k_neurons": (lambda v: _is_int(v, 1), "an integer >= 1"),
+               "scale": (lambda v: _is_number(v, lambda x: 0 <= x <= 1), "a number in [0, 1] (a dampening)")},
+    "trne": {"n_layers": (lambda v: _is_int(v, 1), "an integer >= 1"),
+             "rho": (lambda v: _is_number(v, lambda x: 0 < x <= 1), "a number in (0, 1] (||delta||_F / ||W||_F)"),
+             "ridge": (lambda v: _is_number(v, lambda x: 0 <= x < float("inf")), "a finite number >= 0")},
+}
+
+
 class ConfigError(ValueError):
     """A parameter has a value that is not allowed; the message names it and what is allowed."""
 
@@ -103,10 +130,34 @@ class EvalConfig:
     seed: int = 0
     batch_size: int = 64
     dtype: str = "float32"
+    control_seed: int | None = None
+    ppl_prefix: str = "auto"
+    n_zeroshot: int = 0
+    zeroshot_tasks: tuple[str, ...] = ZEROSHOT_TASKS
 
     def __post_init__(self) -> None:
         _check(isinstance(self.model, str) and bool(self.model), "model", self.model,
                "a packaged model name (detox_utils.models.available()), a hub id or a local folder")
+        _check(self.control_seed is None or (isinstance(self.control_seed, int)
+                                             and not isinstance(self.control_seed, bool)
+                                             and self.control_seed >= 0),
+               "control_seed", self.control_seed,
+               "None (the localized units) or an integer >= 0 (a random-unit control with that seed)")
+        _check(self.control_seed is None or self.method != "none", "control_seed", self.control_seed,
+               "None for method 'none' (a random control needs an intervention to mimic)")
+        _check(self.ppl_prefix in PPL_PREFIXES, "ppl_prefix", self.ppl_prefix,
+               "auto (BOS else EOS, the first grid's convention), doc-start (the model's document-start "
+               "token, never a chat-turn token), none")
+        _check(isinstance(self.n_zeroshot, int) and not isinstance(self.n_zeroshot, bool)
+               and self.n_zeroshot >= 0, "n_zeroshot", self.n_zeroshot,
+               "an integer >= 0 (items per zero-shot task; 0 skips zero-shot scoring)")
+        tasks = (tuple(t.strip() for t in self.zeroshot_tasks.split(",") if t.strip())
+                 if isinstance(self.zeroshot_tasks, str) else tuple(self.zeroshot_tasks))
+        _check(bool(tasks) and all(t in ZEROSHOT_TASKS for t in tasks), "zeroshot_tasks",
+               self.zeroshot_tasks, "a non-empty list of " + ", ".join(ZEROSHOT_TASKS))
+        object.__setattr__(self, "zeroshot_tasks", tasks)
+        _check(self.max_new_tokens <= MAX_NEW_TOKENS if isinstance(self.max_new_tokens, int) else True,
+               "max_new_tokens", self.max_new_tokens, f"an integer in [1, {MAX_NEW_TOKENS}]")
         _check(self.method in METHODS, "method", self.method, ", ".join(METHODS))
         _check(isinstance(self.method_params, Mapping), "method_params", self.method_params,
                "a mapping of parameter name to value")
@@ -135,7 +186,10 @@ class EvalConfig:
         _check(len(self.evaluators) >= 1 and all(isinstance(e, str) for e in self.evaluators),
                "evaluators", self.evaluators, "a non-empty list of evaluator names")
         _check(self.dtype in DTYPES, "dtype", self.dtype, ", ".join(DTYPES) + " (bfloat16 on a GPU)")
-        object.__setattr__(self, "method_params", {**allowed, **dict(self.method_params)})
+        merged = {**allowed, **dict(self.method_params)}
+        for pname, (ok, what) in METHOD_PARAM_RULES.get(self.method, {}).items():
+            _check(ok(merged[pname]), f"method_params.{pname}", merged[pname], f"{what} for {self.method}")
+        object.__setattr__(self, "method_params", merged)
         object.__setattr__(self, "evaluators", tuple(self.evaluators))
 
     @classmethod
@@ -160,6 +214,7 @@ class EvalConfig:
         d = dataclasses.asdict(self)
         d["method_params"] = dict(self.method_params)
         d["evaluators"] = list(self.evaluators)
+        d["zeroshot_tasks"] = list(self.zeroshot_tasks)
         return d
 
     @property

@@ -31,7 +31,10 @@ def _evaluator(name: str) -> evaluators.Evaluator:
 
 def fit_method(cfg: EvalConfig, lm: models.LoadedModel, progress: bool = True):
     """The fitted intervention for ``cfg`` (from the cache when it was fitted before)."""
-    key = stable_hash({**cfg.fit_key(), "model_provenance": lm.provenance.get("id", lm.name)})
+    from .activations import weight_fingerprint
+
+    # keyed by the weights themselves: a changed folder, an updated hub model or a new GGUF is refitted
+    key = stable_hash({**cfg.fit_key(), "weights": weight_fingerprint(lm.model)})
     path = cache_dir("interventions") / f"{cfg.method}-{key}.pt"
     if path.exists():
         log.info("loading fitted %s from %s", cfg.method, path)
@@ -43,6 +46,8 @@ def fit_method(cfg: EvalConfig, lm: models.LoadedModel, progress: bool = True):
         method = interventions.fit(cfg.method, lm, toxic, neutral, progress=progress,
                                    **cfg.method_params)
         method.save(path)
+    if cfg.control_seed is not None:
+        return interventions.random_control(method, cfg.control_seed)
     return method
 
 
@@ -61,7 +66,67 @@ def generate(cfg: EvalConfig, lm: models.LoadedModel, method, progress: bool = T
 def perplexity(cfg: EvalConfig, lm: models.LoadedModel, method, progress: bool = True) -> dict:
     texts = data.perplexity_texts(cfg.ppl_corpus, n=cfg.n_ppl)
     with method.apply(lm, fold=True):
-        return metrics.perplexity(lm, texts, progress=progress)
+        return metrics.perplexity(lm, texts, prefix=cfg.ppl_prefix, progress=progress)
+
+
+# Bump when what `capability` computes changes: cached capability records are then recomputed.
+CAPABILITY_VERSION = 1
+
+
+def capability(cfg: EvalConfig, lm: models.LoadedModel, method, progress: bool = True) -> dict:
+    """What the edit costs: perplexity (corpus and mean per-sentence) and, when ``cfg.n_zeroshot`` > 0,
+    zero-shot accuracy on ``cfg.zeroshot_tasks`` (`detox_utils.zeroshot`).
+
+    Neither depends on the benchmark or the pre-prompt, so the record is cached on disk, keyed by the
+    fingerprint of the weights actually evaluated (the intervention folded in, so the model, the method,
+    its parameters and a random control are all part of it) and by the capability settings; the runs of
+    a grid that share a model and an edit compute it once. Returns ``{"perplexity": {...}}`` plus
+    ``"zeroshot": {task: {...}}`` when zero-shot is on.
+    """
+    from . import activations
+    from ._io import atomic_write_json
+
+    ppl_texts = data.perplexity_texts(cfg.ppl_corpus, n=cfg.n_ppl)
+    with method.apply(lm, fold=True):
+        key = stable_hash({"weights": activations.weight_fingerprint(lm.model),
+                           "ppl": [cfg.ppl_corpus, cfg.n_ppl, cfg.ppl_prefix],
+                           "zeroshot": [list(cfg.zeroshot_tasks), cfg.n_zeroshot, cfg.seed],
+                           "dtype": cfg.dtype, "version": CAPABILITY_VERSION})
+        path = cache_dir("capability") / f"{lm.name.replace('/', '--')}-{key}.json"
+        cached = _read_capability(path, key)
+        if cached is not None:
+            log.info("capability of this edit read from %s", path)
+            return cached
+        with file_lock(path):
+            cached = _read_capability(path, key)
+            if cached is not None:
+                return cached
+            out: dict[str, Any] = {"perplexity": metrics.perplexity(lm, ppl_texts, prefix=cfg.ppl_prefix,
+                                                                    progress=progress)}
+            if cfg.n_zeroshot:
+                from . import zeroshot
+
+                out["zeroshot"] = zeroshot.score(lm, tasks=cfg.zeroshot_tasks, n=cfg.n_zeroshot,
+                                                 seed=cfg.seed, progress=progress)
+            atomic_write_json(path, {"key": key, "record": out, "check": stable_hash(out)})
+    return out
+
+
+def _read_capability(path: Path, key: str) -> dict | None:
+    """A cached capability record, or None when missing; a damaged one is removed and recomputed."""
+    import json
+
+    if not path.exists():
+        return None
+    try:
+        blob = json.loads(path.read_text())
+        if blob["key"] == key and blob["check"] == stable_hash(blob["record"]):
+            return blob["record"]
+    except (ValueError, KeyError, TypeError):
+        pass
+    log.warning("%s is damaged (content check failed); recomputing it", path)
+    path.unlink(missing_ok=True)
+    return None
 
 
 def score(cfg: EvalConfig, samples: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
@@ -102,7 +167,12 @@ def _records(value: Any) -> Any:
 def write(cfg: EvalConfig, result_dir: str | Path, *, lm: models.LoadedModel, method,
           scored: pd.DataFrame, tox: Mapping[str, Any], ppl: Mapping[str, Any],
           timings: Mapping[str, float]) -> Path:
-    """Write the result JSON and the scored samples for this run (atomically)."""
+    """Write the result JSON and the scored samples for this run (atomically).
+
+    ``ppl`` is the `perplexity` record or the `capability` record (``{"perplexity": ..., "zeroshot":
+    ...}``); the metrics also hold the diversity of the continuations (`metrics.diversity`)."""
+    capab = dict(ppl) if "perplexity" in ppl else {"perplexity": dict(ppl)}
+    diversity = metrics.diversity(scored["continuation"].fillna("").astype(str).tolist())
     result_dir = Path(result_dir)
     results.write_samples(result_dir / f"{cfg.config_hash}.samples.csv.gz", scored)
     prov = results.provenance(
@@ -115,7 +185,7 @@ def write(cfg: EvalConfig, result_dir: str | Path, *, lm: models.LoadedModel, me
     )
     return results.write_result(result_dir / f"{cfg.config_hash}.json", config=cfg.to_dict(),
                                 config_hash=cfg.config_hash,
-                                metrics={"toxicity": dict(tox), "perplexity": dict(ppl)},
+                                metrics={"toxicity": dict(tox), **capab, "diversity": diversity},
                                 provenance=prov)
 
 

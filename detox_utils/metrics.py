@@ -271,6 +271,33 @@ def agreement(flat_scores: Mapping[str, object], threshold: float = 0.5) -> dict
 
 
 # --------------------------------------------------------------------------------------------------
+# diversity of continuations
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Corpus-level distinct-n (Li et al. 2016): the number of distinct word n-grams over all ``texts``
+    divided by the number of n-grams. Words are lower-cased whitespace tokens; a text shorter than ``n``
+    words contributes no n-gram. NaN when no text has ``n`` words."""
+    if isinstance(texts, str) or not isinstance(texts, Sequence):
+        raise TypeError(f"texts must be a sequence of strings, got {type(texts).__name__}")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    seen: set[tuple[str, ...]] = set()
+    total = 0
+    for text in texts:
+        words = str(text).lower().split()
+        grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+        seen.update(grams)
+        total += len(grams)
+    return len(seen) / total if total else float("nan")
+
+
+def diversity(texts: Sequence[str], ns: Sequence[int] = (1, 2, 3)) -> dict[str, float]:
+    """``{"distinct_1": ..., "distinct_2": ..., ...}`` over all continuations of a run (`distinct_n`)."""
+    return {f"distinct_{n}": distinct_n(texts, n) for n in ns}
+
+
+# --------------------------------------------------------------------------------------------------
 # perplexity
 
 
@@ -324,17 +351,48 @@ def perplexity(lm, texts: Sequence[str], batch_size: int = 8, max_length: int = 
     }
 
 
+# Special tokens that open or close a chat turn: never a document start (SmolLM2-Instruct's BOS is
+# ``<|im_start|>``, Qwen2.5-Instruct's EOS ``<|im_end|>``; Gemma's ``<start_of_turn>``, Llama 3's headers).
+CHAT_TURN_TOKENS = ("<|im_start|>", "<|im_end|>", "<start_of_turn>", "<end_of_turn>",
+                    "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "[INST]", "[/INST]")
+# The pre-training document separator of GPT-2-style vocabularies (GPT-2, Pythia, SmolLM2, Qwen2).
+ENDOFTEXT = "<|endoftext|>"
+PREFIXES = ("auto", "doc-start", "none")
+
+
+def document_start_id(tokenizer) -> int | None:
+    """The token a model saw at the start of a pre-training document, never a chat-turn token.
+
+    The BOS token when it is not a chat-turn token (Gemma ``<bos>``, Llama ``<s>`` /
+    ``<|begin_of_text|>``); else ``<|endoftext|>`` when the vocabulary has it (SmolLM2, Qwen2, GPT-2);
+    else the EOS token when it is not a chat-turn token; else None (the first token is context only).
+    """
+    bos = tokenizer.bos_token
+    if bos is not None and bos not in CHAT_TURN_TOKENS:
+        return tokenizer.bos_token_id
+    vocab = tokenizer.get_vocab()
+    if ENDOFTEXT in vocab:
+        return vocab[ENDOFTEXT]
+    eos = tokenizer.eos_token
+    if eos is not None and eos not in CHAT_TURN_TOKENS:
+        return tokenizer.eos_token_id
+    return None
+
+
 def encode_for_perplexity(tokenizer, texts: Sequence[str], max_length: int,
                           prefix: int | str = "auto") -> list[list[int]]:
     """Token ids per text: the tokenizer's special tokens, then a prefix token prepended unless the text
-    already starts with it (``"auto"``: the BOS token, else EOS; an int: that id; ``"none"``: no prefix),
-    truncated to ``max_length`` tokens."""
+    already starts with it, truncated to ``max_length`` tokens. ``prefix``: ``"auto"`` the BOS token,
+    else EOS (the convention of the first published grid; SmolLM2's BOS is a chat-turn token);
+    ``"doc-start"`` `document_start_id`; an int: that id; ``"none"``: no prefix."""
     if prefix == "auto":
         prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    elif prefix == "doc-start":
+        prefix = document_start_id(tokenizer)
     elif prefix == "none":
         prefix = None
     elif not isinstance(prefix, int) or isinstance(prefix, bool) or not 0 <= prefix < len(tokenizer):
-        raise ValueError(f"prefix must be 'auto', 'none' or a token id in [0, {len(tokenizer)}), "
+        raise ValueError(f"prefix must be 'auto', 'doc-start', 'none' or a token id in [0, {len(tokenizer)}), "
                          f"got {prefix!r}")
     out = []
     for row in tokenizer(list(texts), add_special_tokens=True)["input_ids"]:

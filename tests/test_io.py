@@ -87,6 +87,6 @@ def test_cache_command_lists_and_clears(tmp_path, monkeypatch, capsys):
     assert main(["cache", "--clear", "activations"]) == 0
     assert not (tmp_path / "activations").exists() and (tmp_path / "interventions").exists()
     assert main(["cache", "--clear", "everything"]) == 2
-    assert "allowed: models, activations, gradient_scores, interventions, all" in capsys.readouterr().err
+    assert "allowed: models, activations, gradient_scores, interventions, capability, all" in capsys.readouterr().err
     assert main(["cache", "--clear", "all"]) == 0
     assert not (tmp_path / "interventions").exists()

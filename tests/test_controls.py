@@ -1,0 +1,159 @@
+"""Random-unit controls, the capability record (perplexity with a document-start token, zero-shot),
+diversity of continuations, and the config checks that come with them."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from detox_utils import experiment, interventions as iv, metrics, models
+from detox_utils.config import ConfigError, EvalConfig
+
+TOXIC = ["I hate you, you stupid idiot.", "You are a worthless moron.", "shut up and go away, idiot",
+         "what a pathetic loser you are"]
+NEUTRAL = ["What a lovely day for a walk.", "The council said the bridge will open.",
+           "She planted tomatoes in the garden.", "The train leaves at noon."]
+FITS = {"aura": {}, "det0": {"k": 20}, "damp": {"k": 20, "alpha": 0.3},
+        "meow2x": {"n_layers": 2, "k_neurons": 8, "scale": 0.0}, "trne": {"n_layers": 2, "rho": 0.2}}
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    torch.set_num_threads(1)
+    lm = models.tiny("llama")
+    return lm, {m: iv.fit(m, lm, TOXIC, NEUTRAL, progress=False, **p) for m, p in FITS.items()}
+
+
+@pytest.mark.parametrize("method", ["aura", "det0", "damp", "meow2x"])
+def test_scaling_control_keeps_factors_per_module_on_other_units(fitted, method):
+    lm, methods = fitted
+    original = methods[method]
+    control = iv.random_control(original, seed=3)
+    assert type(control) is type(original) and control.params == original.params
+    assert control.describe()["control"]["seed"] == 3
+    assert set(control.alphas) == set(original.alphas)
+    moved = 0
+    for name, a in original.alphas.items():
+        b = control.alphas[name]
+        assert torch.equal(torch.sort(a).values, torch.sort(b).values)  # the same factors per module
+        assert int((a != 1).sum()) == int((b != 1).sum())  # as many units touched per module
+        moved += int(((a != 1) & (b == 1)).sum())
+    assert moved > 0  # the touched units are not the localized ones
+    assert control.describe()["units_by_layer"] == original.describe()["units_by_layer"]
+    again = iv.random_control(original, seed=3)
+    other = iv.random_control(original, seed=4)
+    assert all(torch.equal(again.alphas[n], control.alphas[n]) for n in control.alphas)
+    assert any(not torch.equal(other.alphas[n], control.alphas[n]) for n in control.alphas)
+
+
+def test_trne_control_is_a_random_direction_of_the_same_norm(fitted):
+    lm, methods = fitted
+    original = methods["trne"]
+    control = iv.random_control(original, seed=0)
+    assert set(control.edits) == set(original.edits)
+    for name, (u, w) in original.edits.items():
+        cu, cw = control.edits[name]
+        fro = torch.linalg.vector_norm(u) * torch.linalg.vector_norm(w)
+        cfro = torch.linalg.vector_norm(cu) * torch.linalg.vector_norm(cw)
+        assert torch.isclose(fro, cfro, rtol=1e-5)
+        cos = torch.nn.functional.cosine_similarity(u, cu, dim=0)
+        assert abs(float(cos)) < 0.9
+
+
+def test_control_applies_and_restores_bit_exactly(fitted):
+    lm, methods = fitted
+    before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    ids = torch.tensor([[1, 5, 9, 13]])
+    with torch.no_grad():
+        base = lm.model(ids).logits
+        for m in methods.values():
+            control = iv.random_control(m, seed=1)
+            with control.apply(lm, fold=True):
+                folded = lm.model(ids).logits
+            with control.apply(lm, fold=False):
+                hooked = lm.model(ids).logits
+            torch.testing.assert_close(folded, hooked, rtol=1e-4, atol=1e-5)
+            assert not torch.equal(folded, base)
+    assert all(torch.equal(before[n], p) for n, p in lm.model.named_parameters())
+
+
+def test_control_errors(fitted):
+    lm, methods = fitted
+    none = iv.fit("none", lm, TOXIC, NEUTRAL, progress=False)
+    with pytest.raises(ValueError, match="needs a fitted intervention"):
+        iv.random_control(none, seed=0)
+    with pytest.raises(ValueError, match="integer >= 0"):
+        iv.random_control(methods["aura"], seed=-1)
+    with pytest.raises(ValueError, match="already a random control"):
+        iv.random_control(iv.random_control(methods["aura"], seed=0), seed=1)
+
+
+def test_config_new_fields_validate_and_keep_old_hashes():
+    old = EvalConfig(method="aura")
+    assert EvalConfig(method="aura", control_seed=None, ppl_prefix="auto", n_zeroshot=0).config_hash \
+        == old.config_hash
+    assert EvalConfig(method="aura", control_seed=1).config_hash != old.config_hash
+    assert EvalConfig(method="aura", zeroshot_tasks="piqa, hellaswag").zeroshot_tasks == ("piqa", "hellaswag")
+    for bad, match in [({"method": "none", "control_seed": 0}, "control_seed"),
+                       ({"method": "aura", "control_seed": -2}, "control_seed"),
+                       ({"ppl_prefix": "bos"}, "ppl_prefix"),
+                       ({"n_zeroshot": -1}, "n_zeroshot"),
+                       ({"zeroshot_tasks": ["mmlu"]}, "zeroshot_tasks"),
+                       ({"max_new_tokens": 100000}, "max_new_tokens"),
+                       ({"method": "damp", "method_params": {"alpha": 2.0}}, "a dampening"),
+                       ({"method": "det0", "method_params": {"k": -5}}, "integer >= 1"),
+                       ({"method": "trne", "method_params": {"rho": 0}}, "rho"),
+                       ({"method": "aura", "method_params": {"auroc_threshold": 0.3}}, r"\[0.5, 1\)")]:
+        with pytest.raises(ConfigError, match=match):
+            EvalConfig(**bad)
+
+
+def test_document_start_is_never_a_chat_turn_token():
+    class Tok:
+        def __init__(self, bos, eos, vocab):
+            self.bos_token, self.eos_token, self._vocab = bos, eos, vocab
+            self.bos_token_id = vocab.get(bos)
+            self.eos_token_id = vocab.get(eos)
+
+        def get_vocab(self):
+            return self._vocab
+
+    smol = Tok("<|im_start|>", "<|im_end|>", {"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2})
+    assert metrics.document_start_id(smol) == 0
+    gemma = Tok("<bos>", "<eos>", {"<pad>": 0, "<eos>": 1, "<bos>": 2})
+    assert metrics.document_start_id(gemma) == 2
+    qwen = Tok(None, "<|im_end|>", {"<|endoftext|>": 151643, "<|im_end|>": 151645})
+    assert metrics.document_start_id(qwen) == 151643
+    chat_only = Tok("<|im_start|>", "<|im_end|>", {"<|im_start|>": 1, "<|im_end|>": 2})
+    assert metrics.document_start_id(chat_only) is None
+
+
+def test_distinct_n_hand_computed():
+    texts = ["the cat sat", "the cat ran", "a"]
+    assert metrics.distinct_n(texts, 1) == pytest.approx(5 / 7)  # the cat sat the cat ran a
+    assert metrics.distinct_n(texts, 2) == pytest.approx(3 / 4)  # (the cat) twice, (cat sat), (cat ran)
+    assert metrics.distinct_n(["one two"], 3) != metrics.distinct_n(["one two"], 3)  # NaN: no 3-gram
+    assert metrics.diversity(texts, ns=(1, 2)) == {"distinct_1": pytest.approx(5 / 7),
+                                                   "distinct_2": pytest.approx(3 / 4)}
+    with pytest.raises(ValueError, match="n must be"):
+        metrics.distinct_n(texts, 0)
+    with pytest.raises(TypeError):
+        metrics.distinct_n("a string", 1)
+
+
+def test_capability_is_cached_per_edited_weights(fitted, monkeypatch):
+    lm, methods = fitted
+    cfg = EvalConfig(model=lm.name, method="aura", ppl_corpus="wiki", n_ppl=4, ppl_prefix="doc-start")
+    calls = []
+    real = metrics.perplexity
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("prefix"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(metrics, "perplexity", counting)
+    first = experiment.capability(cfg, lm, methods["aura"], progress=False)
+    again = experiment.capability(cfg, lm, methods["aura"], progress=False)
+    assert first == again and calls == ["doc-start"]  # the second came from the cache
+    control = experiment.capability(cfg, lm, iv.random_control(methods["aura"], 0), progress=False)
+    assert len(calls) == 2 and control != first  # other weights, other record
+    assert set(first) == {"perplexity"} and first["perplexity"]["n_texts"] == 4
