@@ -11,6 +11,7 @@ Dask distributed cluster whose workers share the output folder's file system.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import time
@@ -76,6 +77,10 @@ def _variants(spec: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
         yield dict(zip(keys, combo))
 
 
+_RUN_FIELDS = {f.name for f in dataclasses.fields(EvalConfig)} - {"model", "benchmark", "method",
+                                                                  "method_params"}
+
+
 def expand(profile: Mapping[str, Any]) -> list[EvalConfig]:
     """All configs of a profile: models x benchmarks x method variants, with ``settings`` shared."""
     missing = [k for k in ("models", "benchmarks", "methods") if k not in profile]
@@ -85,17 +90,29 @@ def expand(profile: Mapping[str, Any]) -> list[EvalConfig]:
     settings = dict(profile.get("settings") or {})
     configs: list[EvalConfig] = []
     seen: set[str] = set()
-    for model, benchmark, spec in itertools.product(
-        profile["models"], profile["benchmarks"], profile["methods"]
-    ):
+    order = profile.get("order", "models")
+    if order not in ("models", "methods"):
+        raise ValueError(f"profile order {order!r} is not allowed; allowed: models (every run of a model, "
+                         "then the next), methods (each method entry on every model, then the next)")
+    for key in ("models", "benchmarks", "methods"):
+        if not isinstance(profile[key], list) or not profile[key]:
+            raise ValueError(f"profile {key!r} must be a non-empty list, got {profile[key]!r}")
+    cells = itertools.product(profile["models"], profile["benchmarks"], profile["methods"])
+    if order == "methods":
+        cells = ((m, b, spec) for spec, m, b in itertools.product(
+            profile["methods"], profile["models"], profile["benchmarks"]))
+    for model, benchmark, spec in cells:
+        if not isinstance(spec, Mapping):
+            raise ValueError(f"method entry {spec!r} must be a mapping such as {{method: aura}}")
         if "method" not in spec:
             raise ValueError(f"method entry {spec!r} needs a 'method' key")
         for variant in _variants(spec):
             method = variant.pop("method")
-            preprompt = variant.pop("preprompt", settings.get("preprompt", False))
-            cfg = EvalConfig.from_params({**settings, "model": model, "benchmark": benchmark,
-                                          "method": method, "method_params": variant,
-                                          "preprompt": preprompt})
+            # run settings in a method entry (preprompt, control_seed, ...) override the shared ones;
+            # every other key is a parameter of the method
+            own = {k: variant.pop(k) for k in list(variant) if k in _RUN_FIELDS}
+            cfg = EvalConfig.from_params({**settings, **own, "model": model, "benchmark": benchmark,
+                                          "method": method, "method_params": variant})
             if cfg.config_hash not in seen:
                 seen.add(cfg.config_hash)
                 configs.append(cfg)

@@ -251,7 +251,8 @@ def localize(cfg, lm: models.LoadedModel, progress: bool = True) -> dict[str, An
         summary[site] = {
             "n_layers": int(scores.shape[0]), "n_units": int(scores.shape[1]),
             "layer_score": {"point": ci["point"].tolist(), "lo": ci["lo"].tolist(),
-                            "hi": ci["hi"].tolist(), "ci": ci["ci"], "n_boot": ci["n_boot"]},
+                            "hi": ci["hi"].tolist(), "ci": ci["ci"], "n_boot": ci["n_boot"],
+                            "boot": ci["boot"].tolist()},
             "quantiles": {str(k): v for k, v in zip(QUANTILES, q.T.tolist())},
             "top1pct_per_layer": np.bincount(top_layers.numpy(),
                                              minlength=scores.shape[0]).tolist(),

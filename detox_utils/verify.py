@@ -61,7 +61,12 @@ def _is_number(x: Any) -> bool:
 def compare_metrics(stored: dict[str, Any], rerun: dict[str, Any], *, atol: float = 1e-9,
                     rtol: float = 1e-7) -> tuple[int, float, list[str]]:
     """Compare two metric records leaf by leaf. Returns (leaves compared, max |difference| over
-    numeric leaves, one line per difference). ``None`` (a NaN written to JSON) equals ``None``."""
+    numeric leaves, one line per difference). ``None`` (a NaN written to JSON) equals ``None``.
+
+    A metric family (a top-level key, e.g. ``diversity``) that the stored result does not have at all
+    was added to the pipeline after the run was published: it is not compared. Inside every family the
+    stored result has, a leaf missing on either side is a difference."""
+    rerun = {k: v for k, v in rerun.items() if k in stored}
     a, b = dict(_leaves("", stored)), dict(_leaves("", rerun))
     diffs = [f"{k}: only in the stored result" for k in sorted(a.keys() - b.keys())]
     diffs += [f"{k}: only in the rerun" for k in sorted(b.keys() - a.keys())]

@@ -39,7 +39,7 @@ def test_packaged_profiles_expand():
 
 
 def test_unknown_profile_lists_profiles(capsys):
-    with pytest.raises(ValueError, match="profiles: default, paper, smoke"):
+    with pytest.raises(ValueError, match="profiles: default, paper, powered, smoke"):
         batch.get_profile("nope")
     assert main(["batch", "--profile", "nope", "--out", "x", "--dry-run"]) == 2
     assert "unknown profile 'nope'" in capsys.readouterr().err
@@ -161,3 +161,20 @@ def test_bad_device_refused_by_cli(profiles, tmp_path, capsys):
                  "--device", "tpu"])
     assert code == 2
     assert "'device' = 'tpu'" in capsys.readouterr().err
+
+
+def test_run_settings_in_method_entries_and_methods_first_order():
+    profile = {"models": ["m1", "m2"], "benchmarks": ["rtp-challenging"], "order": "methods",
+               "settings": {"n_prompts": 2},
+               "methods": [{"method": "none"}, {"method": "aura", "control_seed": [1, 2]}]}
+    configs = batch.expand(profile)
+    assert [(c.model, c.method, c.control_seed) for c in configs] == [
+        ("m1", "none", None), ("m2", "none", None),
+        ("m1", "aura", 1), ("m1", "aura", 2), ("m2", "aura", 1), ("m2", "aura", 2)]
+    assert all("control_seed" not in c.method_params for c in configs)
+    with pytest.raises(ValueError, match="order"):
+        batch.expand({**profile, "order": "random"})
+    with pytest.raises(ValueError, match="non-empty list"):
+        batch.expand({**profile, "models": "smollm2-135m"})
+    with pytest.raises(ValueError, match="must be a mapping"):
+        batch.expand({**profile, "methods": ["aura"]})
