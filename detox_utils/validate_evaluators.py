@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from detox_utils import evaluators
-from detox_utils._io import REPO_ROOT, atomic_write_json, stable_hash
+from detox_utils._io import REPO_ROOT, atomic_path, atomic_write_json, sha256_file, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -147,12 +147,14 @@ def validate(names: Sequence[str] | None = None, split: str = "test", frame: pd.
                      content_hash=stable_hash([texts, labels.tolist()]))
 
     results: dict[str, Any] = {}
+    per_text = {"label": labels.astype(int)}
     for name in names:
         t0 = time.perf_counter()
         ev = evaluators.load(name)
         t1 = time.perf_counter()
         scores = ev.score(texts, progress=progress)
         t2 = time.perf_counter()
+        per_text[f"score.{name}"] = np.asarray(scores, dtype=float)
         metrics = binary_metrics(scores, labels, threshold)
         lo, hi = auroc_interval(scores, labels, n_boot=n_boot)
         results[name] = {
@@ -176,9 +178,37 @@ def validate(names: Sequence[str] | None = None, split: str = "test", frame: pd.
         "environment": _environment(),
     }
     if out is not None:
+        # every text's scores, in the data's row order, for analyses at other thresholds (matched FPR)
+        scores_path = scores_file(out)
+        with atomic_path(scores_path) as tmp:
+            pd.DataFrame(per_text).to_csv(tmp, index=False, compression="gzip")
+        report["scores_file"] = {"path": scores_path.name, "sha256": sha256_file(scores_path),
+                                 "columns": list(per_text)}
         atomic_write_json(out, report)
         log.info("wrote %s", out)
     return report
+
+
+def scores_file(out: str | os.PathLike = DEFAULT_OUT) -> Path:
+    """Where `validate` writes the per-text scores beside its report (``<out stem>_scores.csv.gz``)."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}_scores.csv.gz")
+
+
+def read_scores(out: str | os.PathLike = DEFAULT_OUT) -> pd.DataFrame:
+    """The per-text scores written by `validate` (``label`` and one ``score.<name>`` column per
+    evaluator), checked against the sha256 its report recorded."""
+    import json
+
+    report = json.loads(Path(out).read_text())
+    path = scores_file(out)
+    info = report.get("scores_file")
+    if info is None or not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; rerun `python -m detox_utils.validate_evaluators`")
+    if sha256_file(path) != info["sha256"]:
+        raise ValueError(f"{path} does not match the sha256 recorded in {out}; rerun "
+                         "`python -m detox_utils.validate_evaluators`")
+    return pd.read_csv(path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
