@@ -368,5 +368,14 @@ def test_validate_writes_metrics_and_provenance(tmp_path, offline_evaluators):
     expected = binary_metrics(offline_evaluators["hatesonar"].score(frame["text"]), frame["label"].to_numpy())
     assert entry["auroc"] == pytest.approx(expected["auroc"])
     assert entry["provenance"]["package"] == "hatesonar" and report["data"]["rows"] == 6
+    from detox_utils.validate_evaluators import read_scores, scores_file
+
+    per_text = read_scores(out)
+    assert per_text["label"].tolist() == frame["label"].tolist()
+    assert per_text["score.hatesonar"].to_numpy() == pytest.approx(
+        offline_evaluators["hatesonar"].score(frame["text"]))
+    scores_file(out).write_bytes(scores_file(out).read_bytes()[:-8])  # a damaged file is refused
+    with pytest.raises(ValueError, match="sha256"):
+        read_scores(out)
     with pytest.raises(ValueError, match="unknown evaluators"):
         validate(["nope"], frame=frame, out=None)
