@@ -30,7 +30,15 @@ def _evaluator(name: str) -> evaluators.Evaluator:
 
 
 def fit_method(cfg: EvalConfig, lm: models.LoadedModel, progress: bool = True):
-    """The fitted intervention for ``cfg`` (from the cache when it was fitted before)."""
+    """The fitted intervention for ``cfg`` (from the cache when it was fitted before); with
+    ``cfg.control_seed`` set, its random-unit control (`interventions.random_control`)."""
+    method = _fitted(cfg, lm, progress)
+    if cfg.control_seed is not None:
+        return interventions.random_control(method, cfg.control_seed)
+    return method
+
+
+def _fitted(cfg: EvalConfig, lm: models.LoadedModel, progress: bool):
     from .activations import weight_fingerprint
 
     # keyed by the weights themselves: a changed folder, an updated hub model or a new GGUF is refitted
@@ -46,8 +54,6 @@ def fit_method(cfg: EvalConfig, lm: models.LoadedModel, progress: bool = True):
         method = interventions.fit(cfg.method, lm, toxic, neutral, progress=progress,
                                    **cfg.method_params)
         method.save(path)
-    if cfg.control_seed is not None:
-        return interventions.random_control(method, cfg.control_seed)
     return method
 
 
@@ -106,9 +112,20 @@ def capability(cfg: EvalConfig, lm: models.LoadedModel, method, progress: bool =
             if cfg.n_zeroshot:
                 from . import zeroshot
 
-                out["zeroshot"] = zeroshot.score(lm, tasks=cfg.zeroshot_tasks, n=cfg.n_zeroshot,
-                                                 seed=cfg.seed, progress=progress)
+                out["zeroshot"] = {task: _compact_items(rec) for task, rec in zeroshot.score(
+                    lm, tasks=cfg.zeroshot_tasks, n=cfg.n_zeroshot, seed=cfg.seed, progress=progress,
+                    per_item=True).items()}
             atomic_write_json(path, {"key": key, "record": out, "check": stable_hash(out)})
+    return out
+
+
+def _compact_items(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A task's zero-shot record with its per-item correctness kept as two strings of 0/1 (item order
+    of `zeroshot.items`), so two runs can be compared item by item (paired) without storing logits."""
+    per_item = record["per_item"]
+    out = {k: v for k, v in record.items() if k != "per_item"}
+    out["correct"] = "".join("1" if c else "0" for c in per_item["correct"])
+    out["correct_per_char"] = "".join("1" if c else "0" for c in per_item["correct_per_char"])
     return out
 
 

@@ -157,3 +157,13 @@ def test_capability_is_cached_per_edited_weights(fitted, monkeypatch):
     control = experiment.capability(cfg, lm, iv.random_control(methods["aura"], 0), progress=False)
     assert len(calls) == 2 and control != first  # other weights, other record
     assert set(first) == {"perplexity"} and first["perplexity"]["n_texts"] == 4
+
+
+def test_fit_method_gives_the_control_also_from_the_cache(fitted):
+    lm, _ = fitted
+    cfg = EvalConfig(model=lm.name, method="det0", method_params={"k": 10}, n_contrast=4)
+    plain = experiment.fit_method(cfg, lm, progress=False)
+    for _ in range(2):  # fitted, then read from the cache
+        ctl = experiment.fit_method(EvalConfig(**{**cfg.to_dict(), "control_seed": 5}), lm, progress=False)
+        assert ctl.describe()["control"]["seed"] == 5
+        assert any(not torch.equal(ctl.alphas[n], plain.alphas[n]) for n in plain.alphas)
