@@ -35,7 +35,7 @@ test-fast: $(STAMP)
 smoke: $(STAMP)
 	$(PY) -m detox_utils batch --profile smoke --out results/smoke
 
-LOC_MODELS := smollm2-135m gemma3-270m
+LOC_MODELS := smollm2-135m gemma3-270m qwen2.5-coder-0.5b
 LOC_RESULTS := $(foreach m,$(LOC_MODELS),results/localization/$(m)__auroc-max.json)
 
 # Each result is made only when missing: the committed results make these steps no-ops.

@@ -276,7 +276,7 @@ def test_model_cards_match_the_reference_gguf_reader():
     cards = report.model_cards()
     n_params = sum(math.prod(shape) for _, shape, _ in ours)
     assert cards.loc["parameters (from the GGUF tensor table)", "smollm2-135m"] == f"{n_params / 1e6:.1f} M"
-    assert set(cards.columns) == {"smollm2-135m", "gemma3-270m"}
+    assert set(cards.columns) == {"smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b"}
     assert "Gemma Terms of Use" in cards.loc["licence", "gemma3-270m"]
 
 

@@ -87,7 +87,7 @@ def _save(lm, folder, drop_pad=False):
 
 
 def test_available_lists_the_packaged_models():
-    assert models.available() == ["gemma3-270m", "smollm2-135m"]
+    assert models.available() == ["gemma3-270m", "qwen2.5-coder-0.5b", "smollm2-135m"]
 
 
 @pytest.mark.parametrize("family", ["gpt2", "gemma3_text"])
