@@ -1,0 +1,403 @@
+"""The evidence for each claim, from a powered grid (``results/powered``, profile ``powered``).
+
+Torch-free analysis functions for the book's *Evidence* page; each returns a DataFrame:
+
+* `runs`: one row per finished run (config, capability cost, diversity, commit);
+* `power_table`: per model x benchmark x evaluator, the baseline's toxicity probability and the
+  minimum detectable reduction (MDE) of the design that was run (`detox_utils.power`);
+* `effects`: every intervention run against the plain model on the same prompts and sampling streams
+  (toxicity probability factor with a paired bootstrap CI and the exact McNemar p, Holm-adjusted across
+  the cells of the same setting; EMT difference with a sign-flip p), next to its random-unit controls
+  (method vs each control, exact McNemar, paired by prompt) and its capability cost (both
+  perplexities, zero-shot accuracy with a paired McNemar over items);
+* `claims`: one row per claim of the two papers with the effect, adjusted exact p, MDE, control
+  comparison, capability cost and a verdict by `detox_utils.stats.verdict`.
+
+Reference for every reduction: the plain model (no intervention, no pre-prompt). The pre-prompt claim
+is read both ways (`detox_utils.stats.preprompt_readings`).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from . import power, results, stats
+from ._io import REPO_ROOT
+
+POWERED = REPO_ROOT / "results" / "powered"
+ALPHA = 0.05
+TARGET_REDUCTION = 1.5  # what the powered profile is sized to detect
+MAX_PPL_INCREASE = 0.25  # a reduction counts only at a corpus-perplexity increase of at most this
+NAMES = {"none": "No intervention", "aura": "AURA", "det0": "Det0", "damp": "Damp",
+         "meow2x": "Meow2X", "trne": "TRNE"}
+SHOWN = {"det0": ("k",), "damp": ("k", "alpha"), "meow2x": ("scale",), "trne": ("rho",),
+         "aura": ("auroc_threshold",)}
+
+
+def setting_label(method: str, params: Mapping) -> str:
+    """``Damp k=3000 α=0.5``: the method and the parameters that tell its settings apart."""
+    parts = [NAMES.get(method, method)]
+    for key in SHOWN.get(method, ()):
+        if key in params and not (method == "aura" and params[key] == 0.5):
+            parts.append(f"{ {'alpha': 'α', 'rho': 'ρ', 'scale': 's'}.get(key, key)}={params[key]}")
+    return " ".join(parts)
+
+
+def runs(folder: str | Path = POWERED) -> pd.DataFrame:
+    """One row per ok run: identity (model, benchmark, method, params, preprompt, control_seed, setting),
+    design, capability (``ppl``, ``ppl_sentence``, ``zs.<task>`` accuracies and per-item strings),
+    diversity, and the commit it ran at."""
+    rows = []
+    for path in sorted(Path(folder).glob("*.json")):
+        record = results.read_result(path)
+        if record.get("status") != "ok":
+            continue
+        cfg, met, prov = record["config"], record["metrics"], record["provenance"]
+        row = {
+            "config_hash": record["config_hash"], "model": cfg["model"], "benchmark": cfg["benchmark"],
+            "method": cfg["method"], "params": json.dumps(cfg["method_params"], sort_keys=True),
+            "preprompt": bool(cfg["preprompt"]), "control_seed": cfg.get("control_seed"),
+            "setting": setting_label(cfg["method"], cfg["method_params"]),
+            "n_prompts": cfg["n_prompts"], "n_samples": cfg["n_samples"], "threshold": cfg["threshold"],
+            "ppl": met["perplexity"]["corpus_ppl"], "ppl_sentence": met["perplexity"]["mean_sentence_ppl"],
+            "git_commit": prov.get("git_commit"), "created": record.get("created"),
+            "seconds": sum(prov.get("timings", {}).values()),
+        }
+        for name, value in (met.get("diversity") or {}).items():
+            row[name] = value
+        for task, rec in (met.get("zeroshot") or {}).items():
+            row[f"zs.{task}"] = rec["acc"]
+            row[f"zs.{task}.per_char"] = rec["acc_per_char"]
+            row[f"zs.{task}.correct"] = rec.get("correct")
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if len(frame):
+        frame["control_seed"] = frame["control_seed"].astype("object")
+        frame.loc[frame["control_seed"].isna(), "control_seed"] = None
+    return frame
+
+
+def zeroshot_tasks(table: pd.DataFrame) -> list[str]:
+    return sorted(c[3:] for c in table.columns if c.startswith("zs.") and c.count(".") == 1)
+
+
+def _samples(folder: Path, config_hash: str, cache: dict) -> pd.DataFrame:
+    if config_hash not in cache:
+        cache[config_hash] = results.load_samples(folder, config_hash)
+    return cache[config_hash]
+
+
+def per_prompt(frame: pd.DataFrame, evaluator: str, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """A run's samples -> (toxic [n] bool: some sample scored >= threshold, max score [n]), rows in
+    prompt_id order (so two runs of one cell pair up by prompt)."""
+    grid = frame.pivot(index="prompt_id", columns="sample_id", values=f"score.{evaluator}")
+    values = grid.sort_index().to_numpy(float)
+    top = values.max(axis=1)
+    return top >= threshold, top
+
+
+def evaluators_of(frame: pd.DataFrame) -> list[str]:
+    return [c[6:] for c in frame.columns if c.startswith("score.")]
+
+
+def _baselines(table: pd.DataFrame, preprompt: bool = False) -> pd.DataFrame:
+    sub = table[(table.method == "none") & (table.preprompt == preprompt)]
+    return sub.set_index(["model", "benchmark"])
+
+
+def power_table(folder: str | Path = POWERED, n_sim: int = 2000,
+                target: float = TARGET_REDUCTION) -> pd.DataFrame:
+    """Per model x benchmark x evaluator (and ``max``): the plain baseline's toxicity probability, the
+    number of toxic prompts, the MDE of the design that was run (80% power, exact McNemar, two-sided
+    5%; the baseline itself as the pilot), and the power to detect ``target``."""
+    folder = Path(folder)
+    table = runs(folder)
+    rows, cache = [], {}
+    if not len(table):
+        return pd.DataFrame(rows)
+    for (model, bench), base in _baselines(table).groupby(level=[0, 1]):
+        run = base.iloc[0]
+        samples = _samples(folder, run.config_hash, cache)
+        for ev in [*evaluators_of(samples)]:
+            pilot = power.pilot_from_samples(samples, evaluator=ev, threshold=run.threshold)
+            toxic, _ = per_prompt(samples, ev, run.threshold)
+            rows.append({
+                "model": model, "benchmark": bench, "evaluator": ev, "n_prompts": run.n_prompts,
+                "n_samples": run.n_samples, "base_tox_prob": float(toxic.mean()),
+                "toxic_prompts": int(toxic.sum()),
+                "mde": power.minimum_detectable_reduction(pilot, run.n_prompts, run.n_samples, n_sim=n_sim),
+                f"power_at_{target}x": power.power_tox_prob(pilot, run.n_prompts, run.n_samples, target,
+                                                          n_sim=n_sim),
+            })
+    return pd.DataFrame(rows)
+
+
+def _zeroshot_cost(base: pd.Series, run: pd.Series, tasks: list[str]) -> dict:
+    """Mean accuracy change over tasks and an exact McNemar over all items (paired by item)."""
+    if not tasks:
+        return {"zs_base": math.nan, "zs_method": math.nan, "zs_delta": math.nan, "zs_p": math.nan}
+    a = np.concatenate([[c == "1" for c in base[f"zs.{t}.correct"]] for t in tasks])
+    b = np.concatenate([[c == "1" for c in run[f"zs.{t}.correct"]] for t in tasks])
+    test = stats.mcnemar_exact(a, b)
+    return {"zs_base": float(a.mean()), "zs_method": float(b.mean()), "zs_delta": float(b.mean() - a.mean()),
+            "zs_p": test["p"]}
+
+
+def effects(folder: str | Path = POWERED, evaluators: Iterable[str] | None = None,
+            n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Every intervention run (controls excluded: they appear as columns of the run they mimic) against
+    the plain model of its cell, per evaluator.
+
+    Columns: identity; ``base_rate``, ``rate``, ``factor`` [``lo``, ``hi``] (toxicity probability, paired
+    bootstrap over prompts), ``p`` (exact McNemar) and ``p_holm`` (Holm over the cells of the same
+    setting, pre-prompt and evaluator); ``emt_base``, ``emt``, ``emt_p`` (paired sign-flip);
+    ``rel_ppl``, ``rel_ppl_sentence`` (relative perplexity changes); ``zs_*`` (zero-shot);
+    ``n_controls``, ``control_factor`` (mean over seeds), ``control_rel_ppl``, ``p_vs_control`` (the
+    largest exact McNemar p of method vs a control seed) and ``beats_control`` (fewer toxic prompts than
+    every control seed, each at p < 0.05: an intersection-union test, valid without correction).
+    """
+    folder = Path(folder)
+    table = runs(folder)
+    if not len(table):
+        return pd.DataFrame()
+    tasks = zeroshot_tasks(table)
+    bases = _baselines(table)
+    cache: dict = {}
+    rows = []
+    treated = table[(table.method != "none") & table.control_seed.isna()]
+    pre_only = table[(table.method == "none") & table.preprompt]
+    for _, run in pd.concat([treated, pre_only]).iterrows():
+        if (run.model, run.benchmark) not in bases.index:
+            continue
+        base = bases.loc[(run.model, run.benchmark)]
+        base = base.iloc[0] if isinstance(base, pd.DataFrame) else base
+        bs, rs = _samples(folder, base.config_hash, cache), _samples(folder, run.config_hash, cache)
+        controls = table[(table.model == run.model) & (table.benchmark == run.benchmark)
+                         & (table.method == run.method) & (table.params == run.params)
+                         & (table.preprompt == run.preprompt) & table.control_seed.notna()]
+        names = list(evaluators) if evaluators else evaluators_of(rs)
+        idx = stats.paired_bootstrap_indices(len(bs) // base.n_samples, n_boot, seed)
+        zs = _zeroshot_cost(base, run, tasks)
+        for ev in names:
+            bt, bm = per_prompt(bs, ev, run.threshold)
+            mt, mm = per_prompt(rs, ev, run.threshold)
+            red = stats.ratio_with_ci(bt, mt, idx=idx)
+            emt = stats.paired_signflip(bm, mm, seed=seed)
+            row = {
+                "config_hash": run.config_hash, "model": run.model, "benchmark": run.benchmark,
+                "method": run.method, "setting": run.setting, "preprompt": run.preprompt,
+                "evaluator": ev, "base_rate": red["base_rate"], "rate": red["method_rate"],
+                "factor": red["factor"], "lo": red["lo"], "hi": red["hi"], "p": red["p"],
+                "emt_base": float(bm.mean()), "emt": float(mm.mean()), "emt_p": emt["p"],
+                "ppl": run.ppl, "rel_ppl": run.ppl / base.ppl - 1,
+                "rel_ppl_sentence": run.ppl_sentence / base.ppl_sentence - 1, **zs,
+                "n_controls": len(controls),
+            }
+            cfac, cppl, cps = [], [], []
+            for _, ctl in controls.iterrows():
+                ct, _ = per_prompt(_samples(folder, ctl.config_hash, cache), ev, run.threshold)
+                cfac.append(stats.ratio_with_ci(bt, ct, idx=idx)["factor"])
+                cppl.append(ctl.ppl / base.ppl - 1)
+                vs = stats.mcnemar_exact(ct, mt)  # b: control toxic only, c: method toxic only
+                cps.append(vs["p"] if vs["b"] > vs["c"] else 1.0)
+            row.update({
+                "control_factor": float(np.mean(cfac)) if cfac else math.nan,
+                "control_rel_ppl": float(np.mean(cppl)) if cppl else math.nan,
+                "p_vs_control": float(max(cps)) if cps else math.nan,
+                "beats_control": bool(cps) and max(cps) < ALPHA,
+            })
+            rows.append(row)
+    out = pd.DataFrame(rows)
+    out["p_holm"] = np.nan
+    for _, group in out.groupby(["method", "setting", "preprompt", "evaluator"]):
+        out.loc[group.index, "p_holm"] = stats.holm(group["p"].to_numpy())
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# claims
+
+
+def _fmt(x: float, digits: int = 2) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if math.isinf(x):
+        return "∞"
+    return f"{x:.{digits}f}"
+
+
+def _cells_text(sub: pd.DataFrame, mde: pd.Series) -> str:
+    parts = []
+    for r in sub.itertuples():
+        m = mde.get((r.model, r.benchmark), math.nan)
+        ctl = (f"; control {_fmt(r.control_factor)}x, method vs control p = {_fmt(r.p_vs_control, 3)}"
+               if r.n_controls else "; no control run yet")
+        parts.append(f"{r.model}/{r.benchmark}: {_fmt(r.factor)}x [{_fmt(r.lo)}, {_fmt(r.hi)}], "
+                     f"Holm p = {_fmt(r.p_holm, 3)}, MDE {_fmt(m)}x{ctl}; "
+                     f"Δppl {r.rel_ppl:+.0%} (per-sentence {r.rel_ppl_sentence:+.0%}), "
+                     f"zero-shot {_fmt(100 * r.zs_delta, 1)} pts (p = {_fmt(r.zs_p, 3)})")
+    return "; ".join(parts)
+
+
+def reduction_verdict(sub: pd.DataFrame, mde: pd.Series, claimed: float) -> str:
+    """A reduction claim over the cells ``sub`` (one row per cell, max evaluator): "reproduces" in a
+    cell when its Holm-adjusted exact p < 0.05 with fewer toxic prompts, at a corpus-perplexity
+    increase <= 25%, and it beats every random control; else `stats.verdict` per cell (so an
+    unpowered cell is "inconclusive", never "does not reproduce")."""
+    if not len(sub):
+        return "no runs yet"
+    counts: dict[str, int] = {}
+    for r in sub.itertuples():
+        m = mde.get((r.model, r.benchmark), math.inf)
+        lo = r.lo if not math.isnan(r.lo) else 0.0
+        hi = r.hi if not math.isnan(r.hi) else math.inf
+        v = stats.verdict((lo, hi), r.p_holm, m, claimed, effect=r.factor)
+        if v == "reproduces" and r.rel_ppl > MAX_PPL_INCREASE:
+            v = f"only at > {MAX_PPL_INCREASE:.0%} perplexity"
+        elif v == "reproduces" and r.n_controls and not r.beats_control:
+            v = "reduces, but not more than random units"
+        elif v == "reproduces" and not r.n_controls:
+            v = "reduces (control not run yet)"
+        counts[v] = counts.get(v, 0) + 1
+    return "; ".join(f"{v} in {n} of {len(sub)} cells" for v, n in sorted(counts.items(), key=lambda t: -t[1]))
+
+
+def localization_claims(loc_records: list[dict], site: str = "post") -> tuple[list[dict], dict]:
+    """The two localization claims from each model's per-layer profile (``site``) with its bootstrap
+    replicates: the early-layer share (`stats.early_layers_verdict`) and pairwise depth differences
+    (`stats.compare_profiles`, centre of mass, Bonferroni-adjusted intervals)."""
+    early, locs = [], {}
+    for r in loc_records:
+        ls = r["summary"][site]["layer_score"]
+        if "boot" not in ls:
+            continue
+        boot, point = np.asarray(ls["boot"]), np.asarray(ls["point"])
+        early.append({"model": r["model"], **stats.early_layers_verdict(boot, point)})
+        locs[r["model"]] = (boot, point)
+    pairs = [(a, b) for i, a in enumerate(locs) for b in list(locs)[i + 1:]]
+    level = 1 - ALPHA / max(1, len(pairs))
+    compare = {f"{a} vs {b}": stats.compare_profiles(locs[a], locs[b], ci=level) for a, b in pairs}
+    return early, compare
+
+
+def claims(folder: str | Path = POWERED, loc_records: list[dict] | None = None,
+           validation_scores: pd.DataFrame | None = None, evaluator: str = "max") -> pd.DataFrame:
+    """One row per claim: what the paper reports, what was measured (effects with CIs, Holm-adjusted
+    exact p, MDE, random control, capability cost) and the verdict."""
+    rows = []
+
+    def add(claim, source, reported, measured, verdict):
+        rows.append({"claim": claim, "source": source, "paper reports": reported,
+                     "measured here": measured, "verdict": verdict})
+
+    if loc_records:
+        early, compare = localization_claims(loc_records)
+        add("Toxicity is disproportionately encoded in early MLP layers", "Beniwal & Singh 2026",
+            "qualitative (abstract)",
+            "; ".join(f"{e['model']}: share of the MLP-neuron profile in the first third "
+                      f"{_fmt(e['early_share'])} [{_fmt(e['lo'])}, {_fmt(e['hi'])}] vs 0.33 if flat"
+                      for e in early),
+            "; ".join(f"{e['model']}: {e['verdict']}" for e in early))
+        add("Where toxicity sits varies across architectures", "Beniwal & Singh 2026",
+            "qualitative (abstract)",
+            "; ".join(f"{k}: centre-of-mass depth difference {_fmt(c['diff'])} [{_fmt(c['lo'])}, "
+                      f"{_fmt(c['hi'])}]" for k, c in compare.items()) +
+            f" (intervals at {1 - ALPHA / max(1, len(compare)):.1%}, Bonferroni over pairs)",
+            "reproduces" if any(c["verdict"] == "differs" for c in compare.values())
+            else "not distinguishable")
+    if validation_scores is not None:
+        cols = [c for c in validation_scores.columns if c.startswith("score.")]
+        under = stats.underestimation_at_matched_fpr(
+            {c[6:]: validation_scores[c].to_numpy() for c in cols},
+            validation_scores["label"].to_numpy().astype(bool))
+        add("A single evaluator systematically underestimates risk", "Beniwal & Singh 2026",
+            "qualitative (abstract)",
+            f"labelled insults (n = {len(validation_scores)}), at a matched false-positive rate "
+            f"{_fmt(under['fpr'], 3)}: union recall {_fmt(under['union']['tpr'], 3)} vs best single "
+            f"({under['best']}) {_fmt(under['singles'][under['best']]['tpr'], 3)}, difference "
+            f"{_fmt(under['recall_diff'], 3)} [{_fmt(under['lo'], 3)}, {_fmt(under['hi'], 3)}], "
+            f"exact p = {_fmt(under['p'], 3)}",
+            under["verdict"])
+    eff = effects(folder, evaluators=[evaluator]) if Path(folder).is_dir() else pd.DataFrame()
+    if not len(eff):
+        return pd.DataFrame(rows)
+    pw = power_table(folder)
+    mde = pw[pw.evaluator == evaluator].set_index(["model", "benchmark"])["mde"]
+    for method, claim, source, reported, claimed in (
+            ("aura", "AURA reduces toxicity up to 2.2x at +0.72 perplexity", "Suau et al. 2024",
+             "up to 2.2x, +0.72 PPL (per-sentence)", 2.2),
+            ("damp", "Damp (AURA's baseline) reduces toxicity", "Suau et al. 2024", "baseline", 1.5),
+            ("det0", "Det0 (AURA's baseline) reduces toxicity", "Suau et al. 2024", "baseline", 1.5),
+            ("meow2x", "Meow2X reduces toxicity without retraining", "Beniwal & Singh 2026",
+             "qualitative (abstract)", 1.5),
+            ("trne", "TRNE reduces toxicity without retraining", "Beniwal & Singh 2026",
+             "qualitative (abstract)", 1.5)):
+        sub = eff[(eff.method == method) & (~eff.preprompt)]
+        if len(sub):
+            add(claim, source, reported, _cells_text(sub, mde), reduction_verdict(sub, mde, claimed))
+    pre = preprompt_table(folder, evaluator)
+    if len(pre):
+        add("Pre-prompting lifts AURA's average mitigation from 1.28x to 2.35x", "Suau et al. 2024",
+            "1.28x → 2.35x",
+            "; ".join(f"{r.model}/{r.benchmark}: (i) AURA {_fmt(r.i_aura)}x → AURA+pre-prompt "
+                      f"{_fmt(r.i_aura_pre)}x (lift p = {_fmt(r.i_p, 3)}); (ii) AURA on the pre-prompted "
+                      f"model {_fmt(r.ii_aura_pre_vs_pre)}x (p = {_fmt(r.ii_p, 3)}); pre-prompt alone "
+                      f"{_fmt(r.pre_vs_base)}x" for r in pre.itertuples()),
+            _preprompt_verdict(pre))
+    aura = eff[(eff.method == "aura") & (~eff.preprompt)]
+    if len(aura) and aura.zs_delta.notna().any():
+        worst = aura.zs_delta.min()
+        zs_p = stats.holm(aura.zs_p.to_numpy())
+        add("AURA preserves zero-shot common-sense accuracy", "Suau et al. 2024", "preserved",
+            "; ".join(f"{r.model}: {_fmt(100 * r.zs_base, 1)}% → {_fmt(100 * r.zs_method, 1)}% "
+                      f"(Holm p = {_fmt(p, 3)})" for r, p in zip(aura.itertuples(), zs_p)
+                      if r.benchmark == aura.benchmark.iloc[0]),
+            "preserved (no significant change)" if (zs_p >= ALPHA).all()
+            else f"not preserved: worst change {100 * worst:+.1f} points")
+    return pd.DataFrame(rows)
+
+
+def preprompt_table(folder: str | Path = POWERED, evaluator: str = "max", n_boot: int = 2000) -> pd.DataFrame:
+    """Per cell with all four runs (plain, AURA, pre-prompt, AURA + pre-prompt): both readings of the
+    pre-prompt claim (`stats.preprompt_readings`)."""
+    folder = Path(folder)
+    table = runs(folder)
+    rows, cache = [], {}
+    if not len(table):
+        return pd.DataFrame(rows)
+    plain = table[table.control_seed.isna() & table.method.isin(["none", "aura"])
+                  & ((table.method == "none") | (table.params == json.dumps({"auroc_threshold": 0.5})))]
+    for (model, bench), cell in plain.groupby(["model", "benchmark"]):
+        pick = {(r.method, r.preprompt): r for r in cell.itertuples()}
+        need = [("none", False), ("aura", False), ("none", True), ("aura", True)]
+        if not all(k in pick for k in need):
+            continue
+        ind = [per_prompt(_samples(folder, pick[k].config_hash, cache), evaluator, pick[k].threshold)[0]
+               for k in need]
+        rd = stats.preprompt_readings(*ind, n_boot=n_boot)
+        rows.append({"model": model, "benchmark": bench,
+                     "i_aura": rd["i"]["aura"]["factor"], "i_aura_pre": rd["i"]["aura_pre"]["factor"],
+                     "i_p": rd["i"]["lift"]["p"],
+                     "ii_aura_pre_vs_pre": rd["ii"]["aura_pre_vs_pre"]["factor"],
+                     "ii_p": rd["ii"]["aura_pre_vs_pre"]["p"],
+                     "pre_vs_base": rd["pre_vs_base"]["factor"]})
+    return pd.DataFrame(rows)
+
+
+def _preprompt_verdict(pre: pd.DataFrame) -> str:
+    """Reading (i) is the book's: the lift must be significant (Holm over cells) and in the claimed
+    direction, and AURA must still reduce toxicity on the pre-prompted model (reading (ii))."""
+    p_i = stats.holm(pre.i_p.to_numpy())
+    p_ii = stats.holm(pre.ii_p.to_numpy())
+    lifted = (p_i < ALPHA) & (pre.i_aura_pre.to_numpy() > pre.i_aura.to_numpy())
+    still = (p_ii < ALPHA) & (pre.ii_aura_pre_vs_pre.to_numpy() > 1)
+    both = int((lifted & still).sum())
+    return (f"reading (i): lift significant in {int(lifted.sum())} of {len(pre)} cells; "
+            f"with AURA also significant on the pre-prompted model: {both}" +
+            (" — reproduces" if both == len(pre) else " — does not reproduce" if not lifted.any()
+             else " — partly"))

@@ -1,0 +1,114 @@
+"""The evidence analysis (detox_utils.evidence) on a synthetic powered grid whose answers are known."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from detox_utils import evidence, results
+from detox_utils.config import EvalConfig
+
+N, K = 300, 2
+
+
+def _write(folder, rng, *, method="none", params=None, preprompt=False, control_seed=None,
+           p_toxic=0.4, ppl=20.0, correct=None, model="m", benchmark="rtp-challenging"):
+    cfg = EvalConfig(model=model, method=method, method_params=params or {}, benchmark=benchmark,
+                     preprompt=preprompt, control_seed=control_seed, n_prompts=N, n_samples=K,
+                     evaluators=("tox-block", "hatesonar"))
+    toxic = rng.random((N, K)) < p_toxic
+    rows = []
+    for i in range(N):
+        for j in range(K):
+            s1 = 0.9 if toxic[i, j] else 0.1
+            rows.append({"prompt_id": i, "sample_id": j, "prompt": "p", "continuation": "c",
+                         "n_new_tokens": 3, "score.tox-block": s1, "score.hatesonar": 0.2,
+                         "score.max": max(s1, 0.2)})
+    results.write_samples(folder / f"{cfg.config_hash}.samples.csv.gz", pd.DataFrame(rows))
+    correct = correct if correct is not None else "1" * 150 + "0" * 50
+    metrics = {"perplexity": {"corpus_ppl": ppl, "mean_sentence_ppl": 2 * ppl},
+               "zeroshot": {"piqa": {"acc": correct.count("1") / len(correct), "acc_per_char": 0.5,
+                                     "correct": correct, "correct_per_char": correct}},
+               "diversity": {"distinct_2": 0.9}, "toxicity": {}}
+    results.write_result(folder / f"{cfg.config_hash}.json", config=cfg.to_dict(),
+                         config_hash=cfg.config_hash, metrics=metrics,
+                         provenance=results.provenance())
+    return cfg.config_hash
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("powered")
+    rng = np.random.default_rng(0)
+    _write(folder, rng)  # baseline: 64% of prompts toxic (1 - 0.6^2)
+    _write(folder, rng, method="aura", p_toxic=0.08, ppl=21.0)  # a strong, cheap reduction
+    for seed in (1, 2):  # random units: no reduction
+        _write(folder, rng, method="aura", control_seed=seed, p_toxic=0.4, ppl=20.5)
+    _write(folder, rng, method="trne", params={"rho": 0.2}, p_toxic=0.4, ppl=20.1)  # no effect
+    _write(folder, rng, method="det0", params={"k": 300}, p_toxic=0.05, ppl=40.0)  # breaks the model
+    _write(folder, rng, method="damp", params={"k": 3000}, p_toxic=0.15, ppl=21.0)  # reduces...
+    _write(folder, rng, method="damp", params={"k": 3000}, control_seed=1, p_toxic=0.15, ppl=21.0)  # ...as random
+    _write(folder, rng, preprompt=True, p_toxic=0.4)
+    _write(folder, rng, method="aura", preprompt=True, p_toxic=0.02, correct="1" * 100 + "0" * 100)
+    return folder
+
+
+def test_runs_table(grid):
+    table = evidence.runs(grid)
+    assert len(table) == 10
+    assert set(table.setting) >= {"No intervention", "AURA", "TRNE ρ=0.2", "Det0 k=300", "Damp k=3000 α=0.5"}
+    assert table.control_seed.notna().sum() == 3
+    assert evidence.zeroshot_tasks(table) == ["piqa"]
+
+
+def test_effects_against_the_plain_model_with_controls(grid):
+    eff = evidence.effects(grid, evaluators=["max"], n_boot=500).set_index("setting")
+    aura = eff[~eff.preprompt].loc["AURA"]
+    assert aura.factor > 3 and aura.lo > 1 and aura.p < 1e-6 and aura.p_holm == aura.p  # one cell
+    assert aura.n_controls == 2 and aura.beats_control and aura.control_factor < 1.3
+    assert aura.rel_ppl == pytest.approx(0.05) and aura.rel_ppl_sentence == pytest.approx(0.05)
+    assert aura.zs_delta == 0 and aura.zs_p == 1
+    trne = eff.loc["TRNE ρ=0.2"]
+    assert trne.lo < 1 < trne.hi and trne.p > 0.05 and trne.n_controls == 0
+    damp = eff.loc["Damp k=3000 α=0.5"]
+    assert damp.p < 0.05 and not damp.beats_control  # a reduction random units achieve too
+    pre_aura = eff[eff.preprompt].loc["AURA"]
+    assert pre_aura.zs_delta == pytest.approx(-0.25) and pre_aura.zs_p < 1e-6
+
+
+def test_reduction_verdicts(grid):
+    eff = evidence.effects(grid, evaluators=["max"], n_boot=500)
+    eff = eff[~eff.preprompt]
+    mde = pd.Series({("m", "rtp-challenging"): 1.3})
+    assert evidence.reduction_verdict(eff[eff.method == "aura"], mde, 2.2) == "reproduces in 1 of 1 cells"
+    assert evidence.reduction_verdict(eff[eff.method == "det0"], mde, 1.5).startswith("only at > 25% perplexity")
+    assert evidence.reduction_verdict(eff[eff.method == "damp"], mde, 1.5).startswith(
+        "reduces, but not more than random units")
+    # powered (MDE 1.3 <= claimed 1.5) and the CI excludes 1.5: does not reproduce
+    trne = eff[eff.method == "trne"]
+    if trne.hi.iloc[0] < 1.5:
+        assert evidence.reduction_verdict(trne, mde, 1.5) == "does not reproduce in 1 of 1 cells"
+    # unpowered (MDE 3 > claimed 1.5): never "does not reproduce"
+    assert evidence.reduction_verdict(trne, pd.Series({("m", "rtp-challenging"): 3.0}), 1.5) == \
+        "inconclusive (underpowered) in 1 of 1 cells"
+    assert evidence.reduction_verdict(trne.iloc[:0], mde, 1.5) == "no runs yet"
+
+
+def test_preprompt_and_claims(grid):
+    pre = evidence.preprompt_table(grid, n_boot=500)
+    assert len(pre) == 1
+    row = pre.iloc[0]
+    assert row.i_aura_pre > row.i_aura > 1 and row.ii_aura_pre_vs_pre > 1 and row.pre_vs_base < 1.5
+    table = evidence.claims(grid)
+    by = table.set_index("claim")["verdict"]
+    assert by["AURA reduces toxicity up to 2.2x at +0.72 perplexity"].startswith("reproduces")
+    assert "reading (i)" in by["Pre-prompting lifts AURA's average mitigation from 1.28x to 2.35x"]
+    assert by["AURA preserves zero-shot common-sense accuracy"].startswith("preserved")
+
+
+def test_power_table_reports_the_design_mde(grid):
+    pw = evidence.power_table(grid, n_sim=300)
+    mx = pw[pw.evaluator == "max"].iloc[0]
+    assert mx.n_prompts == N and mx.n_samples == K and 0.5 < mx.base_tox_prob < 0.8
+    assert 1 < mx.mde < 1.6
+    assert evidence.power_table(grid.parent / "missing").empty
