@@ -286,9 +286,11 @@ def localization_claims(loc_records: list[dict], site: str = "post") -> tuple[li
 
 
 def claims(folder: str | Path = POWERED, loc_records: list[dict] | None = None,
-           validation_scores: pd.DataFrame | None = None, evaluator: str = "max") -> pd.DataFrame:
+           validation_scores: pd.DataFrame | None = None, evaluator: str = "max",
+           eff: pd.DataFrame | None = None, pw: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per claim: what the paper reports, what was measured (effects with CIs, Holm-adjusted
-    exact p, MDE, random control, capability cost) and the verdict."""
+    exact p, MDE, random control, capability cost) and the verdict. ``eff`` and ``pw``: `effects` and
+    `power_table` of ``folder`` when already computed."""
     rows = []
 
     def add(claim, source, reported, measured, verdict):
@@ -323,10 +325,12 @@ def claims(folder: str | Path = POWERED, loc_records: list[dict] | None = None,
             f"{_fmt(under['recall_diff'], 3)} [{_fmt(under['lo'], 3)}, {_fmt(under['hi'], 3)}], "
             f"exact p = {_fmt(under['p'], 3)}",
             under["verdict"])
-    eff = effects(folder, evaluators=[evaluator]) if Path(folder).is_dir() else pd.DataFrame()
+    if eff is None:
+        eff = effects(folder, evaluators=[evaluator]) if Path(folder).is_dir() else pd.DataFrame()
+    eff = eff[eff.evaluator == evaluator] if len(eff) else eff
     if not len(eff):
         return pd.DataFrame(rows)
-    pw = power_table(folder)
+    pw = power_table(folder) if pw is None else pw
     mde = pw[pw.evaluator == evaluator].set_index(["model", "benchmark"])["mde"]
     for method, claim, source, reported, claimed in (
             ("aura", "AURA reduces toxicity up to 2.2x at +0.72 perplexity", "Suau et al. 2024",
@@ -401,3 +405,20 @@ def _preprompt_verdict(pre: pd.DataFrame) -> str:
             f"with AURA also significant on the pre-prompted model: {both}" +
             (" — reproduces" if both == len(pre) else " — does not reproduce" if not lifted.any()
              else " — partly"))
+
+
+def grid_status(folder: str | Path = POWERED, profile: str = "powered") -> pd.DataFrame:
+    """Which runs of ``profile`` the folder holds: per model, runs done / planned, and the commits
+    the finished runs were made at (a partial grid is shown as such, never as complete)."""
+    from . import batch
+
+    planned = batch.plan(batch.get_profile(profile), folder)
+    table = runs(folder) if Path(folder).is_dir() else pd.DataFrame()
+    rows = []
+    for model in dict.fromkeys(r.config.model for r in planned):
+        mine = [r for r in planned if r.config.model == model]
+        done = table[table.model == model] if len(table) else table
+        commits = sorted(c[:12] for c in done.git_commit.dropna().unique()) if len(done) else []
+        rows.append({"model": model, "runs done": sum(r.done for r in mine), "runs planned": len(mine),
+                     "commits": ", ".join(commits) or "—"})
+    return pd.DataFrame(rows)
