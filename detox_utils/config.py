@@ -10,11 +10,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from . import registry
 from ._io import stable_hash
+from .data import BENCHMARKS, PERPLEXITY_CORPORA as PPL_CORPORA
 
-METHODS = ("none", "aura", "det0", "damp", "meow2x", "trne")
-BENCHMARKS = ("rtp-challenging", "slur-prefixes", "rtp-toxic")
-PPL_CORPORA = ("wiki", "xsum")
+METHODS = tuple(registry.METHODS)
 OFFLINE_EVALUATORS = ("tox-block", "toxic-comment-classifier", "alt-profanity-check", "hatesonar")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -23,7 +23,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 _HASHED_IF_NOT = {"dtype": "float32", "control_seed": None, "ppl_prefix": "auto", "n_zeroshot": 0,
                   "zeroshot_tasks": ["piqa", "arc_easy", "hellaswag"]}
 PPL_PREFIXES = ("auto", "doc-start", "none")
-ZEROSHOT_TASKS = ("piqa", "arc_easy", "hellaswag")
+ZEROSHOT_TASKS = registry.ZEROSHOT_TASKS
 MAX_NEW_TOKENS = 512
 
 
@@ -63,38 +63,10 @@ def resolve_device(device: Any) -> str:
         _check(torch.backends.mps.is_available(), "device", device, f"{allowed}; MPS is not available here")
     return str(parsed)
 
-# Free parameters of each method, with their defaults (see book/methods.md for what they mean).
-METHOD_PARAMS: dict[str, dict[str, Any]] = {
-    "none": {},
-    "aura": {"auroc_threshold": 0.5},
-    "det0": {"k": 1000},
-    "damp": {"k": 1000, "alpha": 0.5},
-    "meow2x": {"n_layers": 3, "k_neurons": 256, "scale": 0.5},
-    "trne": {"n_layers": 3, "rho": 0.1, "ridge": 1e-2},
-}
-
-
-def _is_int(v: Any, least: int) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= least
-
-
-def _is_number(v: Any, ok) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and ok(float(v))
-
-
-# What each method parameter may be, checked before any model is loaded: (check, what is allowed).
+# Free parameters of each method with their defaults, and what each may be (`detox_utils.registry`).
+METHOD_PARAMS: dict[str, dict[str, Any]] = {name: spec.defaults for name, spec in registry.METHODS.items()}
 METHOD_PARAM_RULES: dict[str, dict[str, tuple[Any, str]]] = {
-    "aura": {"auroc_threshold": (lambda v: _is_number(v, lambda x: 0.5 <= x < 1), "a number in [0.5, 1)")},
-    "det0": {"k": (lambda v: _is_int(v, 1), "an integer >= 1 (units to zero)")},
-    "damp": {"k": (lambda v: _is_int(v, 1), "an integer >= 1 (units to dampen)"),
-             "alpha": (lambda v: _is_number(v, lambda x: 0 <= x <= 1), "a number in [0, 1] (a dampening)")},
-    "meow2x": {"n_layers": (lambda v: _is_int(v, 1), "an integer >= 1"),
-               "k_neurons": (lambda v: _is_int(v, 1), "an integer >= 1"),
-               "scale": (lambda v: _is_number(v, lambda x: 0 <= x <= 1), "a number in [0, 1] (a dampening)")},
-    "trne": {"n_layers": (lambda v: _is_int(v, 1), "an integer >= 1"),
-             "rho": (lambda v: _is_number(v, lambda x: 0 < x <= 1), "a number in (0, 1] (||delta||_F / ||W||_F)"),
-             "ridge": (lambda v: _is_number(v, lambda x: 0 <= x < float("inf")), "a finite number >= 0")},
-}
+    name: {k: (p.ok, p.allowed) for k, p in spec.params.items()} for name, spec in registry.METHODS.items()}
 
 
 class ConfigError(ValueError):

@@ -26,26 +26,18 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from . import power, results, stats
+from . import power, registry, results, stats
 from ._io import REPO_ROOT
 
 POWERED = REPO_ROOT / "results" / "powered"
 ALPHA = 0.05
 TARGET_REDUCTION = 1.5  # what the powered profile is sized to detect
 MAX_PPL_INCREASE = 0.25  # a reduction counts only at a corpus-perplexity increase of at most this
-NAMES = {"none": "No intervention", "aura": "AURA", "det0": "Det0", "damp": "Damp",
-         "meow2x": "Meow2X", "trne": "TRNE"}
-SHOWN = {"det0": ("k",), "damp": ("k", "alpha"), "meow2x": ("scale",), "trne": ("rho",),
-         "aura": ("auroc_threshold",)}
 
 
 def setting_label(method: str, params: Mapping) -> str:
     """``Damp k=3000 α=0.5``: the method and the parameters that tell its settings apart."""
-    parts = [NAMES.get(method, method)]
-    for key in SHOWN.get(method, ()):
-        if key in params and not (method == "aura" and params[key] == 0.5):
-            parts.append(f"{ {'alpha': 'α', 'rho': 'ρ', 'scale': 's'}.get(key, key)}={params[key]}")
-    return " ".join(parts)
+    return registry.method_label(method, params)
 
 
 def runs(folder: str | Path = POWERED) -> pd.DataFrame:

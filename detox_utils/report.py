@@ -18,7 +18,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from . import results
+from . import registry, results
 from ._io import REPO_ROOT
 
 log = logging.getLogger(__name__)
@@ -31,21 +31,12 @@ METRIC_LABELS = {
     "tox_prob": "Toxicity probability (P(≥1 of k toxic))",
     "frac_toxic": "Fraction of toxic continuations",
 }
-METHOD_ORDER = ("none", "aura", "det0", "damp", "meow2x", "trne")
+METHOD_ORDER = tuple(registry.METHODS)
 
 
 def method_label(method: str, params: dict, preprompt: bool) -> str:
-    """A short human label, e.g. ``Damp k=3000 α=0.5`` or ``AURA + pre-prompt``."""
-    names = {"none": "No intervention", "aura": "AURA", "det0": "Det0", "damp": "Damp",
-             "meow2x": "Meow2X", "trne": "TRNE"}
-    shown = {"det0": ("k",), "damp": ("k", "alpha"), "meow2x": ("scale",), "trne": ("rho",),
-             "aura": ("auroc_threshold",)}
-    parts = [names.get(method, method)]
-    for key in shown.get(method, ()):
-        if key in params and not (method == "aura" and params[key] == 0.5):
-            parts.append(f"{ {'alpha': 'α', 'rho': 'ρ', 'scale': 's'}.get(key, key)}={params[key]}")
-    label = " ".join(parts)
-    return label + (" + pre-prompt" if preprompt else "")
+    """A short human label, e.g. ``Damp k=3000 α=0.5`` or ``AURA + pre-prompt`` (`registry.method_label`)."""
+    return registry.method_label(method, params, preprompt)
 
 
 def runs(folder: str | Path = RESULTS / "default") -> pd.DataFrame:
