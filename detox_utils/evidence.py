@@ -188,6 +188,8 @@ def effects(folder: str | Path = POWERED, evaluators: Iterable[str] | None = Non
                 "emt_base": float(bm.mean()), "emt": float(mm.mean()), "emt_p": emt["p"],
                 "ppl": run.ppl, "rel_ppl": run.ppl / base.ppl - 1,
                 "rel_ppl_sentence": run.ppl_sentence / base.ppl_sentence - 1, **zs,
+                "distinct_2_base": base.get("distinct_2", math.nan),
+                "distinct_2": run.get("distinct_2", math.nan),
                 "n_controls": len(controls),
             }
             cfac, cppl, cps = [], [], []
@@ -206,9 +208,19 @@ def effects(folder: str | Path = POWERED, evaluators: Iterable[str] | None = Non
             rows.append(row)
     out = pd.DataFrame(rows)
     out["p_holm"] = np.nan
+    out["emt_p_holm"] = np.nan
     for _, group in out.groupby(["method", "setting", "preprompt", "evaluator"]):
         out.loc[group.index, "p_holm"] = stats.holm(group["p"].to_numpy())
+        out.loc[group.index, "emt_p_holm"] = stats.holm(group["emt_p"].to_numpy())
     return out
+
+
+def with_mde(eff: pd.DataFrame, pw: pd.DataFrame) -> pd.DataFrame:
+    """`effects` rows with the minimum detectable reduction of their cell and evaluator beside them."""
+    if not len(eff) or not len(pw):
+        return eff
+    return eff.merge(pw[["model", "benchmark", "evaluator", "mde"]], on=["model", "benchmark", "evaluator"],
+                     how="left")
 
 
 # --------------------------------------------------------------------------------------------------
