@@ -131,8 +131,9 @@ def power_table(folder: str | Path = POWERED, n_sim: int = 2000,
 
 def _zeroshot_cost(base: pd.Series, run: pd.Series, tasks: list[str]) -> dict:
     """Mean accuracy change over tasks and an exact McNemar over all items (paired by item)."""
-    if not tasks:
-        return {"zs_base": math.nan, "zs_method": math.nan, "zs_delta": math.nan, "zs_p": math.nan}
+    missing = {"zs_base": math.nan, "zs_method": math.nan, "zs_delta": math.nan, "zs_p": math.nan}
+    if not tasks or not all(isinstance(r.get(f"zs.{t}.correct"), str) for r in (base, run) for t in tasks):
+        return missing
     a = np.concatenate([[c == "1" for c in base[f"zs.{t}.correct"]] for t in tasks])
     b = np.concatenate([[c == "1" for c in run[f"zs.{t}.correct"]] for t in tasks])
     test = stats.mcnemar_exact(a, b)
