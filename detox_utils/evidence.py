@@ -427,3 +427,68 @@ def grid_status(folder: str | Path = POWERED, profile: str = "powered") -> pd.Da
         rows.append({"model": model, "runs done": sum(r.done for r in mine), "runs planned": len(mine),
                      "commits": ", ".join(commits) or "—"})
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# figures
+
+
+def plot_profiles(loc_records: list[dict], site: str = "post", ax=None):
+    """Each model's per-layer profile (share of the MLP-neuron site's toxicity-selective units per layer,
+    normalised to sum 1) against relative depth, with its 95% bootstrap band; the first third shaded
+    (where the "early layers" claim puts the mass) and the flat profile dashed."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7.5, 3.6))
+    ax.axvspan(0, 1 / 3, color="0.92", label="first third of the layers")
+    for r in loc_records:
+        ls = r["summary"][site]["layer_score"]
+        point = np.clip(np.asarray(ls["point"], float), 0, None)
+        depth = (np.arange(point.size) + 0.5) / point.size
+        if point.sum() <= 0:
+            continue
+        line, = ax.plot(depth, point / point.sum() * point.size, marker="o", ms=3, label=r["model"])
+        if "boot" in ls:
+            boot = np.clip(np.asarray(ls["boot"], float), 0, None)
+            boot = boot / np.where(boot.sum(1, keepdims=True) > 0, boot.sum(1, keepdims=True), 1) * point.size
+            lo, hi = np.quantile(boot, [0.025, 0.975], axis=0)
+            ax.fill_between(depth, lo, hi, color=line.get_color(), alpha=0.18, lw=0)
+    ax.axhline(1, ls="--", color="0.4", lw=1, label="flat profile")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("relative depth of the layer (0 = first, 1 = last)")
+    ax.set_ylabel("share of selective units\n(relative to a flat profile)")
+    ax.set_title(f"Where the toxicity-selective MLP neurons sit ({site} site, 95% bootstrap bands)")
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return ax.figure
+
+
+def plot_effects(eff: pd.DataFrame, evaluator: str = "max", clip: float = 20.0):
+    """Forest plot: each setting's toxicity-probability factor with its 95% interval (filled) beside
+    its random controls' mean factor (open), one panel per model; factors above ``clip`` drawn at it."""
+    import matplotlib.pyplot as plt
+
+    sub = eff[(eff.evaluator == evaluator) & eff.factor.notna()].copy()
+    sub["row"] = sub.setting + np.where(sub.preprompt, " + pre-prompt", "") + " | " + sub.benchmark
+    models = list(dict.fromkeys(sub.model))
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models) + 2.5, 0.32 * sub.row.nunique() + 1.6),
+                             sharey=True, squeeze=False)
+    rows = sorted(sub.row.unique())
+    y = {r: i for i, r in enumerate(rows)}
+    for ax, model in zip(axes[0], models):
+        m = sub[sub.model == model]
+        f, lo, hi = (np.minimum(m[c].fillna(clip).to_numpy(float), clip) for c in ("factor", "lo", "hi"))
+        ys = m.row.map(y).to_numpy()
+        ax.errorbar(f, ys, xerr=[np.maximum(f - lo, 0), np.maximum(hi - f, 0)], fmt="o", ms=4,
+                    color="C0", label="localized units")
+        ctl = m[m.n_controls > 0]
+        ax.plot(np.minimum(ctl.control_factor, clip), ctl.row.map(y), "o", mfc="none", color="C3",
+                label="random units (mean of seeds)")
+        ax.axvline(1, color="0.4", lw=1)
+        ax.set_xscale("log")
+        ax.set_title(model, fontsize=10)
+        ax.set_xlabel("toxicity-probability factor (log)")
+    axes[0][0].set_yticks(range(len(rows)), rows, fontsize=8)
+    axes[0][-1].legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    return fig
