@@ -112,3 +112,30 @@ def test_power_table_reports_the_design_mde(grid):
     assert mx.n_prompts == N and mx.n_samples == K and 0.5 < mx.base_tox_prob < 0.8
     assert 1 < mx.mde < 1.6
     assert evidence.power_table(grid.parent / "missing").empty
+
+
+def test_figures_draw(grid):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    eff = evidence.effects(grid, evaluators=["max"], n_boot=200)
+    fig = evidence.plot_effects(eff)
+    assert len(fig.axes) == 1 and fig.axes[0].get_xscale() == "log"
+    rng = np.random.default_rng(0)
+    records = [{"model": f"m{L}", "summary": {"post": {"layer_score": {
+        "point": rng.random(L).tolist(), "boot": rng.random((20, L)).tolist()}}}} for L in (6, 9)]
+    fig = evidence.plot_profiles(records)
+    assert len(fig.axes[0].lines) == 3  # two models and the flat line
+
+
+def test_localization_claims_use_the_whole_profile():
+    flat = np.ones(12)
+    early = np.r_[np.full(4, 3.0), np.full(8, 0.2)]
+    rng = np.random.default_rng(1)
+    records = [{"model": name, "summary": {"post": {"layer_score": {
+        "point": p.tolist(), "boot": (p + rng.normal(0, 0.05, (200, 12))).clip(0).tolist()}}}}
+        for name, p in (("flat", flat), ("early", early))]
+    found, compare = evidence.localization_claims(records)
+    by = {f["model"]: f for f in found}
+    assert by["early"]["lo"] > 1 / 3 and by["flat"]["lo"] <= 1 / 3 <= by["flat"]["hi"]
+    assert compare["flat vs early"]["verdict"] == "differs"
