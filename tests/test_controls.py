@@ -167,3 +167,15 @@ def test_fit_method_gives_the_control_also_from_the_cache(fitted):
         ctl = experiment.fit_method(EvalConfig(**{**cfg.to_dict(), "control_seed": 5}), lm, progress=False)
         assert ctl.describe()["control"]["seed"] == 5
         assert any(not torch.equal(ctl.alphas[n], plain.alphas[n]) for n in plain.alphas)
+
+
+@pytest.mark.slow
+@pytest.mark.realcache
+@pytest.mark.parametrize("name,token", [("smollm2-135m", "<|endoftext|>"), ("gemma3-270m", "<bos>"),
+                                        ("qwen2.5-coder-0.5b", "<|endoftext|>")])
+def test_document_start_of_the_packaged_models(name, token):
+    from transformers import AutoTokenizer
+
+    folder, _ = models._packaged_folder(name)
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert tok.convert_ids_to_tokens(metrics.document_start_id(tok)) == token
