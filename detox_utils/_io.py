@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -44,7 +45,111 @@ def _folder_usage(folder: Path) -> tuple[int, int]:
     if not folder.is_dir():
         return 0, 0
     entries = sum(not p.name.startswith(".") for p in folder.iterdir())
-    return entries, sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    return entries, folder_bytes(folder)
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of every file below ``folder`` (files that vanish while counting are skipped)."""
+    total = 0
+    for f in Path(folder).rglob("*"):
+        try:
+            if f.is_file():
+                total += f.stat().st_size
+        except OSError:
+            pass
+    return total
+
+
+def clear_command(kind: str) -> str:
+    """The command that empties one cache folder."""
+    return f"python -m detox_utils cache --clear {kind}"
+
+
+class CacheIntegrityError(ValueError):
+    """A cached file does not match what was recorded when it was written (damaged, truncated, replaced);
+    the message names the file, what is wrong and the command that clears that cache."""
+
+    def __init__(self, path: str | os.PathLike, kind: str, reason: str) -> None:
+        self.path, self.kind, self.reason = Path(path), kind, reason
+        super().__init__(f"cached file {self.path} is damaged or was changed after it was written "
+                         f"({reason}); refusing to use it. Clear the {kind} cache with "
+                         f"`{clear_command(kind)}` and rerun: it is recomputed on demand")
+
+
+def _sidecar(path: Path) -> Path:
+    return path.parent / f".{path.name}.sha256"
+
+
+def write_checksum(path: str | os.PathLike) -> Path:
+    """Record the sha256 and size of ``path`` in a hidden sidecar ``.<name>.sha256`` beside it (JSON);
+    `verify_checksum` checks the file against it before it is read. Call after the file is in place."""
+    path = Path(path)
+    return atomic_write_json(_sidecar(path), {"file": path.name, "sha256": sha256_file(path),
+                                              "bytes": path.stat().st_size})
+
+
+def verify_checksum(path: str | os.PathLike, kind: str) -> bool:
+    """Whether cached file ``path`` can be trusted: True when it matches the sha256 and size recorded
+    by `write_checksum`; False when it has no (readable) checksum record, i.e. it was written by older
+    code (recompute it and write it again). CacheIntegrityError, naming the file and the command that
+    clears cache ``kind``, when it does not match its record."""
+    path = Path(path)
+    try:
+        record = json.loads(_sidecar(path).read_text())
+        expected, size = record["sha256"], record["bytes"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return False
+    actual_size = path.stat().st_size
+    if actual_size != size:
+        raise CacheIntegrityError(path, kind, f"{actual_size} bytes, {size} recorded")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise CacheIntegrityError(path, kind, f"sha256 {actual}, {expected} recorded")
+    return True
+
+
+# A temporary folder of a conversion: ``.<name>.<random>.tmp`` (`_io.atomic_dir`) or ``.gguf.<name>.<random>``
+# (the assembled GGUF); older code named the latter ``.gguf.<random>``.
+_LEFTOVER = re.compile(r"^\.(?:gguf\.(?P<gguf>.+)\.[^.]+|(?P<dest>.+)\.[^.]+\.tmp)$")
+_LEGACY_GGUF = re.compile(r"^\.gguf\.[^.]+$")
+
+
+def clean_model_leftovers() -> list[tuple[Path, int]]:
+    """Remove the temporary folders of killed model conversions from the models cache; returns
+    ``[(folder, bytes)]`` removed. A folder is removed only when no process holds its model's conversion
+    lock (a conversion in progress keeps its folders); an unnamed ``.gguf.*`` folder of older code only
+    when no conversion of any model is in progress."""
+    import shutil
+
+    root = cache_root() / "models"
+    if not root.is_dir():
+        return []
+    removed: list[tuple[Path, int]] = []
+    hidden = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(".")]
+    if not hidden:
+        return removed
+    with contextlib.ExitStack() as stack:
+        free: dict[str, bool] = {}
+
+        def lock_free(model: str) -> bool:
+            if model not in free:
+                free[model] = stack.enter_context(try_lock(root / model))
+            return free[model]
+
+        legacy = [p for p in hidden if _LEGACY_GGUF.match(p.name)]
+        named = [p for p in hidden if p not in legacy]
+        for path in named:
+            match = _LEFTOVER.match(path.name)
+            if match and lock_free(match.group("gguf") or match.group("dest")):
+                removed.append((path, folder_bytes(path)))
+                shutil.rmtree(path, ignore_errors=True)
+        if legacy:
+            locks = [p.name[1:-len(".lock")] for p in root.glob(".*.lock")]
+            if all(lock_free(model) for model in locks):
+                for path in legacy:
+                    removed.append((path, folder_bytes(path)))
+                    shutil.rmtree(path, ignore_errors=True)
+    return removed
 
 
 def clear_cache(kind: str) -> int:
@@ -121,6 +226,26 @@ def file_lock(target: str | os.PathLike) -> Iterator[None]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def try_lock(target: str | os.PathLike) -> Iterator[bool]:
+    """Like `file_lock`, without waiting: yields True holding the lock, or False when another process
+    holds it (nothing is held then). For work that another process may be doing right now."""
+    import fcntl
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 

@@ -16,6 +16,8 @@ What this module holds:
   `weight_fingerprint` (so an edited model never gets the unedited model's activations), the tokenizer,
   the sha256 of the texts, pooling, ``max_length``, layers, ``skip_special`` and `CODE_VERSION`; written
   atomically in chunks of `CHUNK_TEXTS` texts, so an interrupted run resumes from its last whole chunk.
+  Each chunk's sha256 is recorded beside it when it is written and checked, with its shape and dtype,
+  whenever it is read; a chunk that fails (or, from older code, has no checksum) is recorded again.
   A model carrying hooks (`has_hooks`: an intervention applied at inference) bypasses the cache.
 - `moments`: token-level mean and uncentered second moment of one site (TRNE's key covariance).
 
@@ -480,10 +482,12 @@ def record(
     with tqdm(total=total, desc=f"record {lm.name}", disable=not progress, unit="batch") as bar:
         for chunk, index in enumerate(chunks):
             paths = {site: _chunk_path(folders[site], chunk) for site in folders}
-            todo = tuple(site for site in sites if not (cache and paths[site].exists()))
+            cached = {site: _read_chunk(paths[site], (len(index), len(layers), _site_width(lm, site)))
+                      for site in paths}
+            todo = tuple(site for site in sites if cached.get(site) is None)
             for site in sites:
                 if site not in todo:
-                    result[site][index] = torch.load(paths[site], weights_only=True)
+                    result[site][index] = cached.pop(site)
             if not todo:
                 bar.update(-(-len(index) // batch_size))
                 continue
@@ -493,11 +497,40 @@ def record(
                 if cache:
                     with _io.atomic_path(paths[site]) as tmp:
                         torch.save(values, tmp)
+                    _io.write_checksum(paths[site])
     return result
 
 
 def _chunk_path(folder, chunk: int):
     return folder / f"chunk_{chunk:05d}.pt"
+
+
+def _read_chunk(path, shape: tuple[int, ...]) -> torch.Tensor | None:
+    """A cached chunk, verified: its sha256 and size as recorded when it was written (`_io.write_checksum`),
+    then a float32 tensor of exactly ``shape``. None when it is missing, has no checksum (written by older
+    code) or fails a check: it is then recorded again and rewritten; a damaged one is logged with its file
+    and the command that clears the cache. A damaged file never becomes numbers."""
+    if not path.exists():
+        return None
+    try:
+        if not _io.verify_checksum(path, "activations"):
+            log.info("activation chunk %s has no checksum (older cache): recording it again", path)
+            return None
+        values = torch.load(path, weights_only=True)
+        if not isinstance(values, torch.Tensor):
+            raise _io.CacheIntegrityError(path, "activations", f"it holds a {type(values).__name__}, "
+                                                               "not a tensor")
+        if tuple(values.shape) != tuple(shape) or values.dtype != torch.float32:
+            raise _io.CacheIntegrityError(path, "activations", f"a {values.dtype} tensor of shape "
+                                          f"{tuple(values.shape)}, expected float32 {tuple(shape)}")
+    except _io.CacheIntegrityError as err:
+        log.warning("%s. Recording this chunk again.", err)
+        return None
+    except Exception as err:  # noqa: BLE001 - unreadable (truncated, not a torch file): record it again
+        log.warning("activation chunk %s is unreadable (%s: %s); recording it again. `%s` empties the "
+                    "activation cache.", path, type(err).__name__, err, _io.clear_command("activations"))
+        return None
+    return values
 
 
 def _cache_folders(lm, texts, sites, pooling, max_length, layers, skip_special) -> dict[str, object]:

@@ -36,6 +36,7 @@ TransformerLens: `transformer_lens` boots a TransformerLens 4.x ``TransformerBri
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import importlib.metadata
@@ -385,6 +386,9 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu",
         raise TypeError(f"dtype must be a torch.dtype (e.g. torch.float32), got {dtype!r}")
     device = torch.device(device)
     name = os.fspath(name_or_path)
+    if not name.strip():
+        raise ValueError(f"model name is empty ({name!r}); give a packaged model {available()}, a local "
+                         "folder (e.g. './my-model') or a hub id such as 'HuggingFaceTB/SmolLM2-135M'")
     start = time.perf_counter()
     if name in PACKAGED:
         folder, provenance = _packaged_folder(name)
@@ -558,19 +562,68 @@ def assemble_parts(parts: list[Path] | tuple[Path, ...], dest: Path, sha256: str
     return dest
 
 
-def _cached(folder: Path) -> dict | None:
-    """The provenance of a complete cached folder of the current cache version, else None."""
+def _read_provenance(folder: Path) -> dict | None:
+    """The provenance JSON of a cached folder, None when missing; CacheIntegrityError when unreadable."""
     import json
 
     meta = folder / _PROVENANCE_FILE
-    if not (meta.is_file() and (folder / "config.json").is_file()):
+    if not meta.is_file():
         return None
-    provenance = json.loads(meta.read_text())
-    if provenance.get("cache_version") != _CACHE_VERSION:
+    try:
+        provenance = json.loads(meta.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise _io.CacheIntegrityError(meta, "models", f"unreadable provenance JSON ({err})") from None
+    if not isinstance(provenance, dict):
+        raise _io.CacheIntegrityError(meta, "models", "the provenance JSON is not an object")
+    return provenance
+
+
+def _cached(folder: Path) -> dict | None:
+    """The provenance of a complete cached folder of the current cache version, else None.
+
+    Structural checks only; `_verify_folder` checks the recorded sha256 of every file."""
+    if not (folder / "config.json").is_file():
+        return None
+    provenance = _read_provenance(folder)
+    if provenance is None or provenance.get("cache_version") != _CACHE_VERSION:
         return None
     if not any(folder.glob("*.safetensors")):
         return None
     return provenance
+
+
+def _file_records(folder: Path) -> dict[str, dict]:
+    """``{file name: {"sha256", "bytes"}}`` of every file of a cached model folder but the provenance."""
+    return {
+        path.name: {"sha256": _io.sha256_file(path), "bytes": path.stat().st_size}
+        for path in sorted(folder.iterdir())
+        if path.is_file() and path.name != _PROVENANCE_FILE and not path.name.startswith(".")
+    }
+
+
+def _verify_folder(folder: Path, provenance: dict) -> None:
+    """Check every file of a cached model folder against the sha256 and size recorded when it was
+    written (``provenance["files"]``): CacheIntegrityError naming the first damaged, missing or
+    unrecorded file. Hashes the whole folder (about 1 GB/s: 0.5 s for smollm2-135m, 2.5 s for the 2.5 GB
+    of qwen2.5-coder-0.5b), so no damaged weight is ever loaded."""
+    files = provenance.get("files")
+    if not isinstance(files, dict) or not files:
+        raise _io.CacheIntegrityError(folder / _PROVENANCE_FILE, "models", "no file checksums recorded")
+    for name, rec in files.items():
+        path = folder / name
+        if not path.is_file():
+            raise _io.CacheIntegrityError(path, "models", "the file is missing")
+        size = path.stat().st_size
+        if size != rec.get("bytes"):
+            raise _io.CacheIntegrityError(path, "models", f"{size} bytes, {rec.get('bytes')} recorded")
+        actual = _io.sha256_file(path)
+        if actual != rec.get("sha256"):
+            raise _io.CacheIntegrityError(path, "models", f"sha256 {actual}, {rec.get('sha256')} recorded")
+    extra = sorted(p.name for p in folder.iterdir()
+                   if p.is_file() and p.name not in files and p.name != _PROVENANCE_FILE
+                   and not p.name.startswith(".") and p.suffix in (".safetensors", ".json", ".jinja", ".bin"))
+    if extra:
+        raise _io.CacheIntegrityError(folder / extra[0], "models", "a file that was not written by the conversion")
 
 
 def cached_provenance(name: str) -> dict | None:
@@ -580,29 +633,44 @@ def cached_provenance(name: str) -> dict | None:
     return _cached(_io.cache_dir("models") / name)
 
 
+def clean_leftovers() -> list[tuple[Path, int]]:
+    """Remove the temporary folders of killed model conversions (`_io.clean_model_leftovers`)."""
+    return _io.clean_model_leftovers()
+
+
 def _packaged_folder(name: str) -> tuple[Path, dict]:
-    """The cached fp32 folder of a packaged model, converting the GGUF first if needed (under a lock)."""
+    """The cached fp32 folder of a packaged model, converting the GGUF first if needed (under a lock).
+
+    Every file of the folder is checked against the sha256 recorded when it was written
+    (`_verify_folder`); a damaged file raises CacheIntegrityError. A folder written before checksums
+    were recorded is re-verified once (`_reverify`: the GGUF is dequantized again and compared exactly
+    with the cached weights and files) and its checksums are then recorded."""
     folder = _io.cache_dir("models") / name
     provenance = _cached(folder)
-    if provenance is not None:
+    if provenance is not None and "files" in provenance:
+        _verify_folder(folder, provenance)
         return folder, {**provenance, "cache_hit": True}
+    clean_leftovers()
     with _io.file_lock(folder):  # another process may be converting the same model
         provenance = _cached(folder)
         if provenance is None:
             return folder, {**_convert(PACKAGED[name], folder), "cache_hit": False}
+        if "files" not in provenance:
+            provenance = _reverify(PACKAGED[name], folder, provenance)
+        else:
+            _verify_folder(folder, provenance)
     return folder, {**provenance, "cache_hit": True}
 
 
-def _convert(spec: PackagedModel, dest: Path) -> dict:
-    """Dequantize the GGUF of ``spec`` and save it to ``dest`` as an fp32 safetensors folder (atomic)."""
+@contextlib.contextmanager
+def _gguf(spec: PackagedModel):
+    """Yield ``(gguf_path, gguf_sha256, files)`` of a packaged model, assembled in a temporary folder of the
+    models cache when it comes in parts (removed on exit, or by `clean_leftovers` after a kill)."""
     import tempfile
 
-    import transformers
-
-    start = time.perf_counter()
     files = gguf_files(spec)
     src = spec.gguf
-    with tempfile.TemporaryDirectory(prefix=".gguf.", dir=_io.cache_dir("models")) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f".gguf.{spec.name}.", dir=_io.cache_dir("models")) as tmp:
         if isinstance(src, ConcatenatedParts):  # checked (size, sha256) before anything reads it
             gguf_path = assemble_parts(files.paths, Path(tmp) / src.file_name, src.sha256, src.size,
                                        hint=f"reinstall them: {src.reinstall_hint()}")
@@ -613,6 +681,16 @@ def _convert(spec: PackagedModel, dest: Path) -> dict:
         else:
             gguf_path = files.paths[0]
             gguf_sha256 = _io.sha256_file(gguf_path)
+        yield gguf_path, gguf_sha256, files
+
+
+def _convert(spec: PackagedModel, dest: Path) -> dict:
+    """Dequantize the GGUF of ``spec`` and save it to ``dest`` as an fp32 safetensors folder (atomic),
+    with the sha256 of every file recorded in its provenance (``files``)."""
+    import transformers
+
+    start = time.perf_counter()
+    with _gguf(spec) as (gguf_path, gguf_sha256, files):
         log.info("dequantizing %s from %s (once; cached in %s)", spec.name, gguf_path, dest)
         model, tokenizer = _dequantize(gguf_path)
         versions = {package: importlib.metadata.version(package) for package in spec.packages}
@@ -639,10 +717,86 @@ def _convert(spec: PackagedModel, dest: Path) -> dict:
             out.chmod(0o755)  # mkdtemp makes it private; a shared cache should be readable
             model.save_pretrained(out)
             tokenizer.save_pretrained(out)
+            provenance["files"] = _file_records(out)
             provenance["convert_seconds"] = round(time.perf_counter() - start, 1)
             _io.atomic_write_json(out / _PROVENANCE_FILE, provenance)
             for path in out.iterdir():  # temporary files are private; a shared cache should be readable
                 path.chmod(0o644)
+    return provenance
+
+
+# keys of a saved tokenizer config that record how it was loaded (offline or not), not what it is
+_LOAD_KEYS = ("local_files_only",)
+
+
+def _comparable(path: Path) -> Any:
+    """A file's content for `_reverify`: parsed JSON without `_LOAD_KEYS`, else its bytes; a JSON file
+    that does not parse gives its bytes (and so differs from any well-formed one)."""
+    import json
+
+    raw = path.read_bytes()
+    if path.suffix == ".json":
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            return raw
+        if isinstance(obj, dict):
+            return {k: v for k, v in obj.items() if k not in _LOAD_KEYS}
+        return obj
+    return raw
+
+
+def _reverify(spec: PackagedModel, folder: Path, provenance: dict) -> dict:
+    """Re-verify a cached folder written before file checksums were recorded: dequantize the GGUF again,
+    compare every tensor of the model loaded from ``folder`` exactly with it (and the config, generation
+    config and tokenizer files byte for byte with freshly saved ones); if all agree, record the sha256 of
+    every file in the provenance and return it. Any difference raises CacheIntegrityError (nothing is
+    reconverted silently: the cached weights are what earlier results were computed with)."""
+    import tempfile
+
+    from transformers import AutoModelForCausalLM
+
+    log.info("re-verifying the cached %s (written before checksums were recorded): dequantizing the GGUF "
+             "once more and comparing", spec.name)
+    start = time.perf_counter()
+    with _gguf(spec) as (gguf_path, gguf_sha256, _):
+        if provenance.get("gguf_sha256") not in (None, gguf_sha256):
+            raise _io.CacheIntegrityError(folder / _PROVENANCE_FILE, "models",
+                                          f"made from a GGUF with sha256 {provenance.get('gguf_sha256')}, "
+                                          f"the installed one has {gguf_sha256}")
+        fresh, tokenizer = _dequantize(gguf_path)
+    try:
+        cached = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure to read it means the folder is damaged
+        raise _io.CacheIntegrityError(folder, "models", f"it cannot be loaded ({type(err).__name__}: {err})")
+    want, have = fresh.state_dict(), cached.state_dict()
+    weights = next(iter(sorted(folder.glob("*.safetensors"))))
+    if set(want) != set(have):
+        raise _io.CacheIntegrityError(weights, "models", "its tensors are not those of the dequantized GGUF")
+    for key, tensor in want.items():
+        if have[key].dtype != tensor.dtype or not torch.equal(have[key], tensor):
+            raise _io.CacheIntegrityError(weights, "models",
+                                          f"tensor {key} differs from the dequantized GGUF")
+    with tempfile.TemporaryDirectory(prefix=f".verify.{spec.name}.") as tmp:
+        fresh.config.architectures = [type(fresh).__name__]  # as save_pretrained records it
+        fresh.config.save_pretrained(tmp)
+        if fresh.generation_config is not None:
+            fresh.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        made = {p.name: _comparable(p) for p in Path(tmp).iterdir() if p.is_file()}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.name == _PROVENANCE_FILE or path.suffix == ".safetensors":
+            continue
+        if path.name.startswith("."):
+            continue
+        if path.name not in made or made[path.name] != _comparable(path):
+            raise _io.CacheIntegrityError(path, "models", "it differs from the file the conversion writes")
+    del fresh, cached
+    provenance = {**provenance, "files": _file_records(folder),
+                  "reverified_seconds": round(time.perf_counter() - start, 1)}
+    _io.atomic_write_json(folder / _PROVENANCE_FILE, provenance)
+    (folder / _PROVENANCE_FILE).chmod(0o644)
+    log.info("%s re-verified in %.0f s; checksums recorded", spec.name, provenance["reverified_seconds"])
     return provenance
 
 
