@@ -2,15 +2,22 @@
 
 A *profile* (``profiles.yaml``) names models, benchmarks, method variants and shared settings; `expand`
 turns it into `EvalConfig` s, one per run. Each run writes ``<out>/<config_hash>.json`` (see `results`)
-and the executed notebook ``<out>/notebooks/<config_hash>.ipynb``. A run whose hash already has an
-``ok`` result is skipped, so an interrupted batch resumes where it stopped and a finished batch reruns
-in seconds. A failing run is recorded (status ``failed`` with its traceback) and the others go on.
+and the executed notebook ``<out>/notebooks/<config_hash>.ipynb``. A run is done when all three are
+there: an ``ok`` result, its samples file matching the sha256 the result records (`results.
+incomplete_reason`) and a readable executed notebook. Done runs are skipped, so an interrupted batch
+resumes where it stopped and a finished batch reruns in seconds. A failing run is recorded (status
+``failed`` with its traceback) and the others go on.
+
+Each run is executed under a lock (``<out>/.locks/``), so two batches on one folder share the work: a
+run another batch is executing is left to it (and waited for at the end), and a temporary file is
+removed as stale only when its run's lock is free.
 
 Runs go to a local pool (``jobs`` kernels at a time) or, given ``scheduler="tcp://host:port"``, to a
 Dask distributed cluster whose workers share the output folder's file system.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -23,9 +30,9 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from . import results
-from ._io import REPO_ROOT, atomic_path
+from ._io import REPO_ROOT, atomic_path, file_lock, try_lock
 from ._progress import tqdm
-from .config import ConfigError, EvalConfig, resolve_device
+from .config import ConfigError, EvalConfig, check_result_dir, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +61,18 @@ def run_label(c: EvalConfig) -> str:
 
 def load_profiles(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
     path = Path(path) if path else PROFILES_PATH
-    if not path.exists():
-        raise FileNotFoundError(f"profiles file {path} does not exist")
-    profiles = yaml.safe_load(path.read_text())
+    if not path.is_file():
+        raise FileNotFoundError(f"profiles file {path} does not exist" if not path.exists()
+                                else f"profiles file {path} is not a file")
+    try:
+        profiles = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"profiles file {path} is not UTF-8 text ({err})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"profiles file {path} is not valid YAML{where}: {problem}") from None
     if not isinstance(profiles, dict) or not profiles:
         raise ValueError(f"profiles file {path} must map profile names to profiles")
     return profiles
@@ -77,16 +93,27 @@ def _variants(spec: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
         yield dict(zip(keys, combo))
 
 
+_PROFILE_KEYS = {"description", "models", "benchmarks", "methods", "settings", "order"}
+
 _RUN_FIELDS = {f.name for f in dataclasses.fields(EvalConfig)} - {"model", "benchmark", "method",
                                                                   "method_params"}
 
 
 def expand(profile: Mapping[str, Any]) -> list[EvalConfig]:
     """All configs of a profile: models x benchmarks x method variants, with ``settings`` shared."""
+    if not isinstance(profile, Mapping):
+        raise ValueError(f"a profile must be a mapping with models, benchmarks, methods (and optionally "
+                         f"settings, order, description), got {profile!r}")
     missing = [k for k in ("models", "benchmarks", "methods") if k not in profile]
     if missing:
         raise ValueError(f"profile is missing {missing}; a profile needs models, benchmarks, "
                          "methods (and optionally settings)")
+    unknown = sorted(set(profile) - _PROFILE_KEYS)
+    if unknown:
+        raise ValueError(f"profile has unknown key(s) {unknown}; allowed: {sorted(_PROFILE_KEYS)}")
+    if not isinstance(profile.get("settings") or {}, Mapping):
+        raise ValueError(f"profile 'settings' must be a mapping of run setting to value (e.g. "
+                         f"{{n_prompts: 50}}), got {profile['settings']!r}")
     settings = dict(profile.get("settings") or {})
     configs: list[EvalConfig] = []
     seen: set[str] = set()
@@ -101,6 +128,10 @@ def expand(profile: Mapping[str, Any]) -> list[EvalConfig]:
     if order == "methods":
         cells = ((m, b, spec) for spec, m, b in itertools.product(
             profile["methods"], profile["models"], profile["benchmarks"]))
+    for name in ("models", "benchmarks"):
+        bad = [v for v in profile[name] if not isinstance(v, str) or not v]
+        if bad:
+            raise ValueError(f"profile {name!r} must list names (strings); not allowed: {bad}")
     for model, benchmark, spec in cells:
         if not isinstance(spec, Mapping):
             raise ValueError(f"method entry {spec!r} must be a mapping such as {{method: aura}}")
@@ -120,13 +151,42 @@ def expand(profile: Mapping[str, Any]) -> list[EvalConfig]:
 
 
 def plan(profile: Mapping[str, Any], out: str | Path) -> list[PlannedRun]:
+    """The runs of a profile and which of them are done (`incomplete_reason` is None)."""
     out = Path(out)
     runs = []
     for cfg in expand(profile):
         path = out / f"{cfg.config_hash}.json"
-        done = path.exists() and _is_ok(path)
-        runs.append(PlannedRun(cfg, path, done))
+        reason = incomplete_reason(path) if path.exists() else "no result"
+        if reason is not None and path.exists():
+            log.info("run %s is not done, it will run: %s", cfg.config_hash, reason)
+        runs.append(PlannedRun(cfg, path, reason is None))
     return runs
+
+
+def notebook_path(result_path: Path) -> Path:
+    """The executed notebook of a run: ``<out>/notebooks/<config_hash>.ipynb``."""
+    return result_path.parent / "notebooks" / f"{result_path.stem}.ipynb"
+
+
+def incomplete_reason(result_path: str | Path) -> str | None:
+    """None when the run of ``result_path`` is complete (`results.incomplete_reason`: an ``ok`` result and
+    its samples, checked against the recorded sha256; plus a readable executed notebook), else why not."""
+    import json
+
+    result_path = Path(result_path)
+    reason = results.incomplete_reason(result_path)
+    if reason is not None:
+        return reason
+    nb = notebook_path(result_path)
+    if not nb.is_file():
+        return f"executed notebook {nb} is missing"
+    try:
+        cells = json.loads(nb.read_bytes().decode("utf-8")).get("cells")
+    except (OSError, ValueError, AttributeError) as err:
+        return f"executed notebook {nb} is unreadable ({type(err).__name__}: {err})"
+    if not isinstance(cells, list):
+        return f"executed notebook {nb} is not a notebook (no cells)"
+    return None
 
 
 def _is_ok(path: Path) -> bool:
@@ -136,21 +196,59 @@ def _is_ok(path: Path) -> bool:
         return False
 
 
+def _lock_path(out: Path, run: str) -> Path:
+    return out / ".locks" / run
+
+
+@contextlib.contextmanager
+def _run_lock(out: Path, run: str, wait: bool):
+    """Hold run ``run``'s lock: yields True (waiting for it when ``wait``), or False when another process
+    holds it and ``wait`` is false."""
+    if wait:
+        with file_lock(_lock_path(out, run)):
+            yield True
+    else:
+        with try_lock(_lock_path(out, run)) as got:
+            yield got
+
+
 def run_one(config: Mapping[str, Any], out: str | Path, notebook: str | Path = NOTEBOOK,
-            timeout: int | None = None, device: str = "auto") -> dict[str, Any]:
-    """Execute the evaluation notebook for one config; never raises for a failing run.
+            timeout: int | None = None, device: str = "auto", wait: bool = True,
+            since: float | None = None) -> dict[str, Any]:
+    """Execute the evaluation notebook for one config, under the run's lock; never raises for a
+    failing run.
 
-    The notebook writes the ``ok`` result itself; if it fails, a ``failed`` result with the
-    traceback is written here. Returns ``{"config_hash", "status", "seconds"}``.
+    The notebook writes the ``ok`` result itself (the sha256 of its samples is added to it here when
+    it lacks one); if it fails, or ends without a complete run, a ``failed`` result with the traceback
+    is written here. Returns ``{"config_hash", "status", "seconds"}`` with status ``ok``, ``failed``,
+    ``skipped``, or ``busy`` (``wait=False`` and another process holds the lock). Given ``since`` (the
+    start of the calling batch), a run found complete once the lock is held (another batch ran it) is
+    ``skipped``, and a ``failed`` result written after ``since`` (by another batch) is reported, not run
+    again; without it (a single run, `detox_utils.verify`) the notebook is always executed.
     """
-    import papermill as pm
-
     cfg = EvalConfig.from_params(config)
     out = Path(out).resolve()  # the notebook runs in notebooks/, so hand it an absolute path
     result_path = out / f"{cfg.config_hash}.json"
-    nb_out = out / "notebooks" / f"{cfg.config_hash}.ipynb"
-    nb_out.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
+    with _run_lock(out, cfg.config_hash, wait) as got:
+        if not got:
+            return {"config_hash": cfg.config_hash, "status": "busy", "seconds": 0.0}
+        if since is not None:  # part of a batch: another batch may have run it meanwhile
+            if incomplete_reason(result_path) is None:
+                return {"config_hash": cfg.config_hash, "status": "skipped", "seconds": 0.0}
+            if result_path.exists() and result_path.stat().st_mtime >= since and not _is_ok(result_path):
+                return {"config_hash": cfg.config_hash, "status": "failed", "seconds": 0.0}
+        status = _run_locked(cfg, out, result_path, notebook, timeout, device)
+    return {"config_hash": cfg.config_hash, "status": status,
+            "seconds": round(time.time() - start, 2)}
+
+
+def _run_locked(cfg: EvalConfig, out: Path, result_path: Path, notebook: str | Path,
+                timeout: int | None, device: str) -> str:
+    import papermill as pm
+
+    nb_out = notebook_path(result_path)
+    nb_out.parent.mkdir(parents=True, exist_ok=True)
     # progress=False: a stored notebook would otherwise keep every progress-bar update as stderr
     params = {**cfg.to_dict(), "result_dir": str(out), "progress": False, "device": device}
     try:
@@ -163,17 +261,20 @@ def run_one(config: Mapping[str, Any], out: str | Path, notebook: str | Path = N
                 if tmp_nb.exists():  # keep the partly executed notebook for debugging
                     tmp_nb.replace(nb_out.with_suffix(".failed.ipynb"))
                 raise
-        status = "ok" if _is_ok(result_path) else "failed"
-        if status == "failed":
+        if not _is_ok(result_path):
             raise RuntimeError(f"notebook finished without writing an ok result at {result_path}")
+        results.record_samples(result_path, replace=True)  # the files this run just wrote
+        reason = incomplete_reason(result_path)
+        if reason is not None:
+            raise RuntimeError(f"notebook finished without a complete run: {reason}")
+        status = "ok"
     except Exception:  # noqa: BLE001 - a failing run is recorded and the batch goes on
         status = "failed"
         results.write_result(result_path, config=cfg.to_dict(), config_hash=cfg.config_hash,
                              metrics=None, provenance=results.provenance(),
                              status="failed", error=traceback.format_exc())
         log.warning("run %s failed; traceback in %s", cfg.config_hash, result_path)
-    return {"config_hash": cfg.config_hash, "status": status,
-            "seconds": round(time.time() - start, 2)}
+    return status
 
 
 def run_batch(profile_name: str, out: str | Path, *, jobs: int = 1, scheduler: str | None = None,
@@ -190,6 +291,7 @@ def run_batch(profile_name: str, out: str | Path, *, jobs: int = 1, scheduler: s
     if scheduler is None:
         resolve_device(device)
     profile = get_profile(profile_name, profiles_path)
+    check_result_dir(out, name="--out", create=not dry_run)
     runs = plan(profile, out)
     if dry_run:
         return [{"config_hash": r.config.config_hash, "status": "done" if r.done else "planned",
@@ -212,35 +314,62 @@ def run_batch(profile_name: str, out: str | Path, *, jobs: int = 1, scheduler: s
 
 
 def _remove_stale_temporaries(out: Path) -> None:
-    """Delete temporary files that a killed batch left behind (a clean exit never leaves any)."""
+    """Delete temporary files that a killed batch left behind (a clean exit never leaves any): those of
+    runs whose lock is free. A run in progress in another batch holds its lock, so its temporaries stay."""
     for folder in (out, out / "notebooks"):
         for tmp in folder.glob(".*.tmp*"):
-            log.info("removing %s, left by an interrupted run", tmp)
-            tmp.unlink(missing_ok=True)
+            run = tmp.name[1:].split(".", 1)[0]  # .<config_hash>.<file name>.<random>.tmp<suffix>
+            with try_lock(_lock_path(out, run or "_")) as free:
+                if free:
+                    log.info("removing %s, left by an interrupted run", tmp)
+                    tmp.unlink(missing_ok=True)
 
 
 def _execute(todo: list[PlannedRun], out: Path, jobs: int, scheduler: str | None,
              notebook: str | Path, timeout: int | None, device: str) -> Iterable[dict[str, Any]]:
-    args = [(r.config.to_dict(), str(out), str(notebook), timeout, device) for r in todo]
+    """Run ``todo``: first every run no other batch holds (``busy`` ones are deferred), then the deferred
+    ones, waiting for their locks (each is skipped if the other batch completed it)."""
+    since = time.time()
+    args = {r.config.config_hash: (r.config.to_dict(), str(out), str(notebook), timeout, device)
+            for r in todo}
+    busy: list[str] = []
+    for wait in (False, True):
+        batch_args = [(*args[h], wait, since) for h in (busy if wait else args)]
+        busy = []
+        for summary in _map(run_one, batch_args, jobs, scheduler):
+            if summary["status"] == "busy":
+                log.info("run %s is being executed by another batch; coming back to it at the end",
+                         summary["config_hash"])
+                busy.append(summary["config_hash"])
+            else:
+                yield summary
+        if not busy:
+            return
+
+
+def _map(fn, arg_tuples: list[tuple], jobs: int, scheduler: str | None) -> Iterable[dict[str, Any]]:
+    """``fn(*args)`` for each tuple, as they finish: on a Dask cluster, in a local pool, or in order."""
+    if not arg_tuples:
+        return
     if scheduler:
         from distributed import Client, as_completed
 
         with Client(scheduler) as client:
-            futures = [client.submit(run_one, *a, pure=False) for a in args]
+            futures = [client.submit(fn, *a, pure=False) for a in arg_tuples]
             for fut in as_completed(futures):
                 yield fut.result()
         return
     if jobs == 1:
-        for a in args:
-            yield run_one(*a)
+        for a in arg_tuples:
+            yield fn(*a)
         return
     from concurrent.futures import ThreadPoolExecutor, as_completed as done_first
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:  # each run is its own kernel process
-        futures = [pool.submit(run_one, *a) for a in args]
+        futures = [pool.submit(fn, *a) for a in arg_tuples]
         for fut in done_first(futures):
             yield fut.result()
 
 
-__all__ = ["ConfigError", "PlannedRun", "expand", "get_profile", "load_profiles", "plan",
-           "run_batch", "run_label", "run_one"]
+__all__ = ["ConfigError", "PlannedRun", "expand", "get_profile", "incomplete_reason", "load_profiles",
+           "notebook_path", "plan", "run_batch", "run_label", "run_one"]

@@ -7,6 +7,11 @@ A run writes ``<out>/<config_hash>.json``::
 
 and, when it generated text, ``<out>/<config_hash>.samples.csv.gz`` with every continuation and its
 score under each evaluator. `load_results` flattens a folder of them into one DataFrame.
+
+An ``ok`` result records the sha256 and size of its samples file (``provenance.files.samples``) when the
+file exists as the result is written (or when the batch runner adds it after the run), so a resumed
+batch can tell a complete run from one whose samples were deleted, truncated or replaced
+(`incomplete_reason`).
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from ._io import REPO_ROOT, atomic_path, atomic_write_json
+from ._io import REPO_ROOT, atomic_path, atomic_write_json, sha256_file
 
 SCHEMA_VERSION = 1
 TRACKED_PACKAGES = (
@@ -70,12 +75,88 @@ def write_result(path: str | Path, *, config: Mapping[str, Any], config_hash: st
     """Write one result file atomically in the schema above."""
     if status not in ("ok", "failed"):
         raise ValueError(f"status {status!r} not allowed; allowed: 'ok', 'failed'")
+    provenance = dict(provenance)
+    samples = samples_path(path)
+    if status == "ok" and "files" not in provenance and samples.is_file():
+        provenance["files"] = {"samples": file_record(samples)}
     record = {
         "schema": SCHEMA_VERSION, "status": status, "config": dict(config),
         "config_hash": config_hash, "metrics": dict(metrics or {}),
-        "provenance": dict(provenance), "error": error,
+        "provenance": provenance, "error": error,
     }
     return atomic_write_json(path, _jsonable(record))
+
+
+def samples_path(result_path: str | Path) -> Path:
+    """``<out>/<config_hash>.samples.csv.gz``, the samples file beside result ``<out>/<config_hash>.json``."""
+    result_path = Path(result_path)
+    return result_path.with_name(f"{result_path.stem}.samples.csv.gz")
+
+
+def file_record(path: str | Path) -> dict[str, Any]:
+    """``{"name", "sha256", "bytes"}`` of a file, as a result records its companion files."""
+    path = Path(path)
+    return {"name": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def record_samples(result_path: str | Path, replace: bool = False) -> bool:
+    """Record the sha256 of the samples file in an ``ok`` result that lacks it (a notebook that wrote its
+    result before its samples), or, with ``replace``, whose record differs from the file (the batch
+    runner, right after the run wrote both); True when the result was rewritten. Only
+    ``provenance.files`` changes."""
+    record = read_result(result_path)
+    samples = samples_path(result_path)
+    if record["status"] != "ok" or not samples.is_file():
+        return False
+    current = record["provenance"].get("files")
+    if current and not replace:
+        return False
+    files = {"samples": file_record(samples)}
+    if current == files:
+        return False
+    record["provenance"]["files"] = files
+    atomic_write_json(result_path, record)
+    return True
+
+
+def incomplete_reason(result_path: str | Path) -> str | None:
+    """None when ``result_path`` is a complete ``ok`` run, else why not (one line): the result is missing,
+    unreadable or not ``ok``; its samples file is missing, or differs from the sha256 recorded in the
+    result; or, for a result written before that hash was recorded, the samples file cannot be read or
+    has not ``n_prompts * n_samples`` rows."""
+    result_path = Path(result_path)
+    if not result_path.exists():
+        return "no result file"
+    try:
+        record = read_result(result_path)
+    except ValueError as err:
+        return str(err)
+    if record["status"] != "ok":
+        return f"status {record['status']!r}"
+    samples = samples_path(result_path)
+    if not samples.is_file():
+        return f"samples file {samples} is missing"
+    prov = record.get("provenance")
+    rec = (prov.get("files") or {}).get("samples") if isinstance(prov, dict) else None
+    if isinstance(rec, dict) and "sha256" in rec:
+        size = samples.stat().st_size
+        if size != rec.get("bytes"):
+            return f"samples file {samples} has {size} bytes, the result recorded {rec.get('bytes')}"
+        if sha256_file(samples) != rec["sha256"]:
+            return f"samples file {samples} differs from the sha256 recorded in {result_path.name}"
+        return None
+    config = record.get("config") if isinstance(record.get("config"), dict) else {}
+    try:
+        expected = int(config["n_prompts"]) * int(config["n_samples"])
+    except (KeyError, TypeError, ValueError):
+        return f"result {result_path} has no n_prompts / n_samples to check its samples against"
+    try:
+        rows = len(pd.read_csv(samples, keep_default_na=False))
+    except Exception as err:  # noqa: BLE001 - a damaged gzip or CSV, whatever the error
+        return f"samples file {samples} is unreadable ({type(err).__name__}: {err})"
+    if rows != expected:
+        return f"samples file {samples} has {rows} rows, expected n_prompts * n_samples = {expected}"
+    return None
 
 
 def write_samples(path: str | Path, samples: pd.DataFrame) -> Path:
@@ -85,16 +166,31 @@ def write_samples(path: str | Path, samples: pd.DataFrame) -> Path:
     return Path(path)
 
 
+_REQUIRED = {"status": str, "config": dict, "config_hash": str, "metrics": dict, "provenance": dict}
+
+
 def read_result(path: str | Path) -> dict[str, Any]:
+    """One result file, checked against the schema above; ValueError naming the file and what is wrong
+    (unreadable, not JSON, not an object, another schema, a missing or mistyped field)."""
     path = Path(path)
+    fix = "delete it and rerun the batch to recreate it"
     try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"result file {path} is unreadable ({exc}); delete it and rerun the batch "
-                         "to recreate it") from exc
+        record = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"result file {path} is unreadable ({exc}); {fix}") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"result file {path} holds a JSON {type(record).__name__}, not a result object; "
+                         f"{fix}")
     if record.get("schema") != SCHEMA_VERSION:
         raise ValueError(f"result file {path} has schema {record.get('schema')!r}; this code reads "
                          f"schema {SCHEMA_VERSION}")
+    for key, kind in _REQUIRED.items():
+        if not isinstance(record.get(key), kind):
+            what = "lacks" if key not in record else f"has a {type(record[key]).__name__} as"
+            raise ValueError(f"result file {path} {what} {key!r} (a result needs {', '.join(_REQUIRED)}); "
+                             f"{fix}")
+    if record["status"] not in ("ok", "failed"):
+        raise ValueError(f"result file {path} has status {record['status']!r}; allowed: 'ok', 'failed'")
     return record
 
 
