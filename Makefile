@@ -13,9 +13,16 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export PYTHONHASHSEED := 0
 
-.PHONY: venv test test-fast smoke results book benchmarks verify clean-book
+.PHONY: venv test test-fast smoke results book evidence benchmarks verify clean-book
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
+	@test -x $(PY) || command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: Python 3.11 is needed to \
+	create $(VENV), and '$(PYTHON)' was not found. Install Python 3.11, or pick another interpreter: \
+	make $(MAKECMDGOALS) PYTHON=/path/to/python3.11" >&2; exit 2; }
+	@test -x $(PY) || $(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { echo \
+	"error: Python 3.11 is needed, '$(PYTHON)' is Python $$($(PYTHON) -c 'import platform; \
+	print(platform.python_version())'). Pick a 3.11 interpreter: make $(MAKECMDGOALS) \
+	PYTHON=/path/to/python3.11" >&2; exit 2; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
@@ -53,6 +60,11 @@ results: $(STAMP) $(LOC_RESULTS) results/evaluators/validation.json
 
 book: results
 	$(PY) -m detox_utils.report build
+
+# The evidence grid behind the book's Evidence page (hours on 2 CPU cores; finished runs are skipped,
+# so it resumes where it stopped). `make book` builds from whatever part of it is committed.
+evidence: $(STAMP) $(LOC_RESULTS)
+	$(PY) -m detox_utils batch --profile powered --out results/powered
 
 # Rerun the N cheapest published runs and compare them with the committed results (VERIFY_N=48: all)
 VERIFY_N ?= 2

@@ -1,6 +1,10 @@
 """Command line: ``python -m detox_utils batch --profile NAME --out DIR [--jobs N] [--scheduler ADDR]
-[--device DEV] [--dry-run]``, ``python -m detox_utils verify --out DIR [--runs HASH ...] [--n N]`` and
-``python -m detox_utils cache [--clear KIND]``."""
+[--device DEV] [--dry-run]``, ``python -m detox_utils verify --out DIR [--runs HASH ...] [--n N]``,
+``python -m detox_utils cache [--clear KIND]`` and ``python -m detox_utils run NOTEBOOK OUTPUT -p NAME
+VALUE ...`` (papermill, refusing parameters the notebook does not declare).
+
+A user error (a bad profile, option, folder or file) ends with exit status 2 and one line on stderr
+saying what is wrong and what is allowed, never a traceback."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +12,15 @@ import logging
 import sys
 
 from . import batch
+
+# What a user can cause and fix (a bad profile, folder, file or option): one line and exit status 2.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def _user_error(exc: BaseException) -> int:
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,9 +49,21 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--atol", type=float, default=1e-9, help="absolute tolerance for metrics")
     v.add_argument("--workdir", default=None, help="keep the reruns here (default: a temporary folder)")
     v.add_argument("--device", default="auto", help="torch device, as for batch")
+    r = sub.add_parser("run", help="execute a notebook with papermill, refusing parameters it does not "
+                                   "declare in its parameters cell (papermill itself only warns)")
+    r.add_argument("notebook", help="the notebook, e.g. notebooks/evaluate.ipynb")
+    r.add_argument("output", help="where to write the executed notebook")
+    r.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="a parameter; VALUE is read as papermill -p reads it (int, float, True/False/None, "
+                        "else a string)")
+    r.add_argument("-y", "--yaml", action="append", default=[], metavar="YAML",
+                   help="parameters as a YAML mapping, e.g. -y 'method_params: {k: 3}'")
+    r.add_argument("--cwd", default=None, help="working folder of the kernel (default: the notebook's)")
     args = parser.parse_args(argv)
     if args.command == "cache":
         return _cache(args.clear)
+    if args.command == "run":
+        return _run(args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "verify":
         return _verify(args)
@@ -48,9 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                                     scheduler=args.scheduler, dry_run=args.dry_run,
                                     profiles_path=args.profiles, timeout=args.timeout,
                                     device=args.device)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return _user_error(exc)
     for s in summaries:
         print(f"{s['status']:8s} {s['config_hash']}  {s.get('label', '')}  {s['seconds']:.1f}s")
     failed = sum(s["status"] == "failed" for s in summaries)
@@ -66,9 +90,8 @@ def _verify(args: argparse.Namespace) -> int:
     try:
         checks = verify.verify(args.out, args.runs, args.n, atol=args.atol, workdir=args.workdir,
                                device=args.device)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return _user_error(exc)
     for c in checks:
         print(f"{c.status:10s} {c.config_hash}  {c.label}  {c.n_metrics} metrics, {c.n_samples} samples, "
               f"max |diff| {c.max_abs_diff:.3g}, {c.seconds:.0f}s")
@@ -91,8 +114,70 @@ def _cache(clear: str | None) -> int:
         print(f"cleared {clear}: {freed / 2**20:.1f} MiB freed")
         return 0
     print(f"cache folder: {_io.cache_root()} (${_io.CACHE_ENV})")
+    removed = _io.clean_model_leftovers()
+    if removed:
+        print(f"removed {len(removed)} temporary folder(s) of interrupted model conversions "
+              f"({sum(size for _, size in removed) / 2**20:.1f} MiB)")
     for kind, (n, size) in _io.cache_usage().items():
         print(f"{kind:16s} {n:5d} entries {size / 2**20:10.1f} MiB")
+    return 0
+
+
+def notebook_parameters(notebook: str) -> list[str]:
+    """The names a notebook declares in its cell tagged ``parameters`` (papermill's inspection)."""
+    import papermill as pm
+
+    return list(pm.inspect_notebook(notebook))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import yaml
+
+    notebook = Path(args.notebook)
+    if not notebook.is_file():
+        return _user_error(FileNotFoundError(f"notebook {notebook} does not exist"))
+    if Path(args.output).is_dir():
+        return _user_error(IsADirectoryError(f"output {args.output} is a folder; give the executed "
+                                             "notebook's file name"))
+    from papermill.cli import _resolve_type
+
+    params = {}
+    for text in args.yaml:
+        try:
+            values = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            return _user_error(ValueError(f"-y {text!r} is not valid YAML ({str(err).splitlines()[0]})"))
+        if not isinstance(values, dict):
+            return _user_error(ValueError(f"-y {text!r} must be a YAML mapping of name: value"))
+        params.update(values)
+    params.update({name: _resolve_type(value) for name, value in args.parameter})
+    try:
+        declared = notebook_parameters(str(notebook))
+    except Exception as err:  # noqa: BLE001 - not a notebook: say which file
+        return _user_error(ValueError(f"{notebook} is not a readable notebook ({type(err).__name__}: {err})"))
+    unknown = [name for name in params if name not in declared]
+    if not declared:
+        return _user_error(ValueError(f"{notebook} has no cell tagged 'parameters'"))
+    if unknown:
+        import difflib
+
+        hints = [f"{n!r}: did you mean {m[0]!r}?" for n in unknown
+                 if (m := difflib.get_close_matches(n, declared, n=1))]
+        return _user_error(ValueError(
+            f"unknown parameter(s) {unknown} for {notebook}" + (f" ({'; '.join(hints)})" if hints else "")
+            + f"; allowed: {', '.join(declared)}"))
+    import papermill as pm
+
+    try:
+        pm.execute_notebook(str(notebook), args.output, parameters=params, progress_bar=False,
+                            cwd=args.cwd or str(notebook.parent))
+    except pm.PapermillExecutionError as err:
+        print(f"error: {notebook} failed in cell {err.exec_count}: {err.ename}: {err.evalue} "
+              f"(the executed notebook is {args.output})", file=sys.stderr)
+        return 1
+    print(f"executed {notebook} -> {args.output}")
     return 0
 
 

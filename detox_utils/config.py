@@ -7,6 +7,7 @@ allowed, not twenty minutes later inside a forward pass.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -16,6 +17,11 @@ from .data import BENCHMARKS, PERPLEXITY_CORPORA as PPL_CORPORA
 
 METHODS = tuple(registry.METHODS)
 OFFLINE_EVALUATORS = ("tox-block", "toxic-comment-classifier", "alt-profanity-check", "hatesonar")
+# Every evaluator name `detox_utils.evaluators.load` knows (that module imports torch; a test keeps the
+# two lists equal). Detoxify needs a checkpoint file, so a run naming it still fails at load without one.
+EVALUATORS = (*OFFLINE_EVALUATORS, "detoxify")
+# Notebook parameters that are not config fields: where to write, the device, progress bars.
+NOTEBOOK_EXTRAS = ("result_dir", "device", "progress")
 DTYPES = ("float32", "bfloat16", "float16")
 
 # Fields added after results were published enter the config hash only when they differ from these
@@ -67,6 +73,27 @@ def resolve_device(device: Any) -> str:
 METHOD_PARAMS: dict[str, dict[str, Any]] = {name: spec.defaults for name, spec in registry.METHODS.items()}
 METHOD_PARAM_RULES: dict[str, dict[str, tuple[Any, str]]] = {
     name: {k: (p.ok, p.allowed) for k, p in spec.params.items()} for name, spec in registry.METHODS.items()}
+
+
+class FrozenParams(dict):
+    """A read-only dict: `EvalConfig.method_params`, so that a frozen config cannot be changed (and its
+    hash go stale) through it. JSON, ``dict(...)`` and ``**`` see a plain dict; mutating it raises."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("EvalConfig.method_params is read-only; build a new config "
+                        "(dataclasses.replace(cfg, method_params={...}))")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self):
+        return (FrozenParams, (dict(self),))
+
+    def __copy__(self) -> "FrozenParams":
+        return self
+
+    def __deepcopy__(self, memo: dict) -> "FrozenParams":
+        return self
 
 
 class ConfigError(ValueError):
@@ -155,13 +182,19 @@ class EvalConfig:
         _check(isinstance(self.preprompt, bool), "preprompt", self.preprompt, "true or false")
         _check(isinstance(self.chat_template, bool), "chat_template", self.chat_template,
                "true or false")
-        _check(len(self.evaluators) >= 1 and all(isinstance(e, str) for e in self.evaluators),
-               "evaluators", self.evaluators, "a non-empty list of evaluator names")
+        _check(not isinstance(self.evaluators, (str, bytes, Mapping)) and len(self.evaluators) >= 1
+               and all(isinstance(e, str) for e in self.evaluators),
+               "evaluators", self.evaluators, "a non-empty list of evaluator names: " + ", ".join(EVALUATORS))
+        unknown_ev = [e for e in self.evaluators if e not in EVALUATORS]
+        _check(not unknown_ev, "evaluators", list(self.evaluators),
+               f"names from {', '.join(EVALUATORS)} (unknown: {unknown_ev})")
+        _check(len(set(self.evaluators)) == len(self.evaluators), "evaluators", list(self.evaluators),
+               "each evaluator at most once")
         _check(self.dtype in DTYPES, "dtype", self.dtype, ", ".join(DTYPES) + " (bfloat16 on a GPU)")
         merged = {**allowed, **dict(self.method_params)}
         for pname, (ok, what) in METHOD_PARAM_RULES.get(self.method, {}).items():
             _check(ok(merged[pname]), f"method_params.{pname}", merged[pname], f"{what} for {self.method}")
-        object.__setattr__(self, "method_params", merged)
+        object.__setattr__(self, "method_params", FrozenParams(merged))
         object.__setattr__(self, "evaluators", tuple(self.evaluators))
 
     @classmethod
@@ -204,6 +237,7 @@ class EvalConfig:
 
 
 SCORE_NAMES = ("auroc", "cohens_d", "mean_diff", "average_precision")
+_BOUNDED_SCORES = ("auroc", "average_precision")  # scores in [0, 1]; the others are unbounded
 POOLINGS = ("max", "mean", "last")
 REDUCES = ("mean", "max", "top_k_mean", "frac_above")
 
@@ -236,7 +270,12 @@ class LocalizeConfig:
         _check(self.pooling in POOLINGS, "pooling", self.pooling, ", ".join(POOLINGS))
         _check(self.score in SCORE_NAMES, "score", self.score, ", ".join(SCORE_NAMES))
         _check(self.reduce in REDUCES, "reduce", self.reduce, ", ".join(REDUCES))
-        _check(isinstance(self.threshold, (int, float)), "threshold", self.threshold, "a number")
+        bounded = self.score in _BOUNDED_SCORES
+        _check(isinstance(self.threshold, (int, float)) and not isinstance(self.threshold, bool)
+               and (0 < self.threshold < 1 if bounded else math.isfinite(self.threshold)),
+               "threshold", self.threshold,
+               f"a number in (0, 1) for score {self.score!r} (its values lie in [0, 1])" if bounded
+               else f"a finite number for score {self.score!r}")
         for name in ("n_toxic", "n_neutral", "max_length", "batch_size"):
             value = getattr(self, name)
             _check(isinstance(value, int) and not isinstance(value, bool) and value >= 2, name,
@@ -261,3 +300,78 @@ class LocalizeConfig:
         return stable_hash(_hash_dict(self.to_dict()))
 
     torch_dtype = property(_torch_dtype)
+
+
+def check_result_dir(path: Any, name: str = "result_dir", create: bool = True):
+    """The folder a run writes to, checked before any model is loaded: a folder (created with its
+    parents when missing and ``create``) that this process can write. ConfigError, naming ``name``, for
+    a file, a folder that cannot be created, or one that cannot be written. Returns it as a Path."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    allowed = "a folder this process can write (created when missing)"
+    _check(isinstance(path, (str, os.PathLike)) and bool(os.fspath(path)), name, path, allowed)
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"parameter {name!r} = {str(path)!r} is a file, not a folder; allowed: {allowed}")
+    if not create and not folder.exists():
+        parent = next((p for p in folder.parents if p.exists()), Path("."))
+        if not parent.is_dir():
+            raise ConfigError(f"parameter {name!r} = {str(path)!r} is inside {str(parent)!r}, a file; "
+                              f"allowed: {allowed}")
+        folder = parent  # nothing is created: check that the folder could be
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"parameter {name!r} = {str(path)!r}: the folder cannot be created "
+                          f"({err.strerror or err}); allowed: {allowed}") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ConfigError(f"parameter {name!r} = {str(path)!r}: the folder cannot be written "
+                          f"({err.strerror or err}); allowed: {allowed}") from None
+    return Path(path).expanduser()
+
+
+def injected_parameters(namespace: Mapping[str, Any]) -> list[str]:
+    """The names papermill injected into this kernel (``-p NAME VALUE``), read from the IPython input
+    history (``In``) of the ``injected-parameters`` cell papermill inserts: its source starts with the
+    line ``# Parameters``. Empty outside papermill (run by hand, no such cell)."""
+    import ast
+
+    history = namespace.get("In")
+    if not isinstance(history, list):
+        return []
+    names: list[str] = []
+    for source in history:
+        if not isinstance(source, str) or source.split("\n", 1)[0].strip() != "# Parameters":
+            continue
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            names += [t.id for t in targets if isinstance(t, ast.Name) and t.id not in names]
+    return names
+
+
+def check_injected_parameters(namespace: Mapping[str, Any], cls: type = None,
+                              extra: tuple[str, ...] = NOTEBOOK_EXTRAS) -> None:
+    """Refuse parameters papermill injected that the notebook does not know (a typo such as ``-p n_promts
+    1``: papermill only warns, and the default would be used). Call in the config cell with
+    ``globals()``; known names are the fields of ``cls`` (default `EvalConfig`) plus ``extra``.
+    ConfigError names the unknown parameters and the allowed ones."""
+    cls = EvalConfig if cls is None else cls
+    allowed = {f.name for f in dataclasses.fields(cls)} | set(extra)
+    unknown = [n for n in injected_parameters(namespace) if n not in allowed]
+    if unknown:
+        import difflib
+
+        hints = {n: difflib.get_close_matches(n, sorted(allowed), n=1) for n in unknown}
+        did = "; ".join(f"{n!r}: did you mean {h[0]!r}?" for n, h in hints.items() if h)
+        raise ConfigError(f"unknown parameter(s) {unknown} given to the notebook (papermill -p)"
+                          f"{' (' + did + ')' if did else ''}; allowed: {sorted(allowed)}")

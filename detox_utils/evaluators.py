@@ -402,11 +402,25 @@ class HateSonarEvaluator(Evaluator):
         }
 
     def _score(self, texts: list[str], batch_size: int, progress: bool) -> np.ndarray:
+        # onnxruntime hands strings to C++ as UTF-8; a character UTF-8 cannot encode (a lone surrogate
+        # such as "\ud800") would raise UnicodeEncodeError: it is replaced by "?", as a bag of words
+        # would drop it (the other evaluators score such texts too)
+        texts = [_utf8_safe(t) for t in texts]
         out = np.empty(len(texts), dtype=np.float64)
         for sl in _batches(len(texts), batch_size, progress, self.name):
             _, probs = self._session.run(None, {"text": np.asarray(texts[sl], dtype=object)})
             out[sl] = [1.0 - p[self.NEITHER] for p in probs]
         return out
+
+
+def _utf8_safe(text: str) -> str:
+    """``text`` unchanged when UTF-8 can encode it, else with each unencodable character (a lone
+    surrogate) replaced by ``?``."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _set_string_normalizer_locale(graph: Any, locale: str) -> None:
