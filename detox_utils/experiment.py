@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from . import data, evaluators, generation, interventions, metrics, models, results
-from ._io import cache_dir, file_lock, stable_hash
+from ._io import cache_dir, file_lock, stable_hash, verify_checksum, write_checksum
 from .config import EvalConfig
 
 log = logging.getLogger(__name__)
@@ -44,17 +44,24 @@ def _fitted(cfg: EvalConfig, lm: models.LoadedModel, progress: bool):
     # keyed by the weights themselves: a changed folder, an updated hub model or a new GGUF is refitted
     key = stable_hash({**cfg.fit_key(), "weights": weight_fingerprint(lm.model)})
     path = cache_dir("interventions") / f"{cfg.method}-{key}.pt"
-    if path.exists():
+    if _trusted(path, "interventions"):
         log.info("loading fitted %s from %s", cfg.method, path)
         return interventions.load(path)
     with file_lock(path):  # a concurrent run (batch --jobs N) may be fitting the same method
-        if path.exists():
+        if _trusted(path, "interventions"):
             return interventions.load(path)
         toxic, neutral = data.contrast_texts(cfg.n_contrast, cfg.n_contrast, seed=cfg.seed)
         method = interventions.fit(cfg.method, lm, toxic, neutral, progress=progress,
                                    **cfg.method_params)
         method.save(path)
+        write_checksum(path)
     return method
+
+
+def _trusted(path: Path, kind: str) -> bool:
+    """A cached file that exists and matches its recorded checksum (one without a record, written by
+    older code, is recomputed; a mismatch raises CacheIntegrityError naming the file)."""
+    return path.exists() and verify_checksum(path, kind)
 
 
 def generate(cfg: EvalConfig, lm: models.LoadedModel, method, progress: bool = True) -> pd.DataFrame:

@@ -896,20 +896,25 @@ def _gradient_scores(lm: Any, toxic: list[str], neutral: list[str], progress: bo
     """`localization.contrastive_gradient_scores` at the ``out`` site, cached on disk by model weights
     and texts (TRNE variants that differ only in ``rho`` or ``ridge`` share one gradient pass)."""
     from . import activations, localization
-    from ._io import atomic_path, cache_dir, file_lock
+    from ._io import atomic_path, cache_dir, file_lock, verify_checksum, write_checksum
 
     key = stable_hash({"weights": activations.weight_fingerprint(lm.model), "model": lm.name,
                        "texts": [toxic, neutral], "site": "out", "version": 1})
     path = cache_dir("gradient_scores") / f"{lm.name.replace('/', '--')}-{key}.pt"
-    if path.exists():
+
+    def trusted() -> bool:  # no checksum record (older code): recompute; a mismatch raises
+        return path.exists() and verify_checksum(path, "gradient_scores")
+
+    if trusted():
         return torch.load(path, weights_only=True)
     with file_lock(path):  # concurrent TRNE runs (batch --jobs N) compute the gradients once
-        if path.exists():
+        if trusted():
             return torch.load(path, weights_only=True)
         scores = torch.as_tensor(localization.contrastive_gradient_scores(
             lm, toxic, neutral, site="out", progress=progress)).float()
         with atomic_path(path) as tmp:
             torch.save(scores, tmp)
+        write_checksum(path)
     return scores
 
 
@@ -921,7 +926,7 @@ def load(path: str | Path, lm: Any | None = None) -> Method:
         raise FileNotFoundError(f"no intervention file at {path}")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
         raise ValueError(f"{path} is not an intervention file written by Method.save ({e})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ValueError(f"{path} is not an intervention file written by Method.save (no {FORMAT!r} header)")

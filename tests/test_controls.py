@@ -179,3 +179,21 @@ def test_document_start_of_the_packaged_models(name, token):
     folder, _ = models._packaged_folder(name)
     tok = AutoTokenizer.from_pretrained(folder)
     assert tok.convert_ids_to_tokens(metrics.document_start_id(tok)) == token
+
+
+def test_fitted_method_cache_is_verified_on_read(fitted):
+    from detox_utils._io import CacheIntegrityError, cache_dir
+
+    lm, _ = fitted
+    cfg = EvalConfig(model=lm.name, method="det0", method_params={"k": 7}, n_contrast=4)
+    experiment.fit_method(cfg, lm, progress=False)
+    (path,) = [p for p in cache_dir("interventions").glob("det0-*.pt")
+               if iv.load(p).params["k"] == 7]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CacheIntegrityError, match=path.name):
+        experiment.fit_method(cfg, lm, progress=False)
+    path.with_name(f".{path.name}.sha256").unlink()  # no record (older code): refitted, not trusted
+    again = experiment.fit_method(cfg, lm, progress=False)
+    assert again.params["k"] == 7 and iv.load(path).params["k"] == 7
