@@ -319,17 +319,22 @@ def claims(folder: str | Path = POWERED, loc_records: list[dict] | None = None,
             else "not distinguishable")
     if validation_scores is not None:
         cols = [c for c in validation_scores.columns if c.startswith("score.")]
-        under = stats.underestimation_at_matched_fpr(
-            {c[6:]: validation_scores[c].to_numpy() for c in cols},
-            validation_scores["label"].to_numpy().astype(bool))
+        scores = {c[6:]: validation_scores[c].to_numpy() for c in cols}
+        labels = validation_scores["label"].to_numpy().astype(bool)
+        # at the union's own operating point (every evaluator at 0.5), and at a conventional 5% FPR
+        found = [stats.underestimation_at_matched_fpr(scores, labels, fpr=f) for f in (None, 0.05)]
+        naive = found[0]["naive"]
         add("A single evaluator systematically underestimates risk", "Beniwal & Singh 2026",
             "qualitative (abstract)",
-            f"labelled insults (n = {len(validation_scores)}), at a matched false-positive rate "
-            f"{_fmt(under['fpr'], 3)}: union recall {_fmt(under['union']['tpr'], 3)} vs best single "
-            f"({under['best']}) {_fmt(under['singles'][under['best']]['tpr'], 3)}, difference "
-            f"{_fmt(under['recall_diff'], 3)} [{_fmt(under['lo'], 3)}, {_fmt(under['hi'], 3)}], "
-            f"exact p = {_fmt(under['p'], 3)}",
-            under["verdict"])
+            f"labelled insults (n = {len(validation_scores)}, {int(labels.sum())} insults). Naively, at "
+            f"0.5 each, the union flags {_fmt(naive['union_rate'], 3)} of texts against "
+            f"{_fmt(naive['best_rate'], 3)} for the best single evaluator, at a false-positive rate "
+            f"{_fmt(naive['union_fpr'], 3)} vs {_fmt(naive['best_fpr'], 3)}. " +
+            "; ".join(f"At a matched false-positive rate {_fmt(u['fpr'], 3)}: union recall "
+                      f"{_fmt(u['union']['tpr'], 3)} vs {u['best']} {_fmt(u['singles'][u['best']]['tpr'], 3)}, "
+                      f"difference {_fmt(u['recall_diff'], 3)} [{_fmt(u['lo'], 3)}, {_fmt(u['hi'], 3)}], "
+                      f"exact p = {u['p']:.2g}" for u in found),
+            _evaluator_verdict(found))
     if eff is None:
         eff = effects(folder, evaluators=[evaluator]) if Path(folder).is_dir() else pd.DataFrame()
     eff = eff[eff.evaluator == evaluator] if len(eff) else eff
@@ -369,6 +374,20 @@ def claims(folder: str | Path = POWERED, loc_records: list[dict] | None = None,
             "preserved (no significant change)" if (zs_p >= ALPHA).all()
             else f"not preserved: worst change {100 * worst:+.1f} points")
     return pd.DataFrame(rows)
+
+
+def _evaluator_verdict(found: list[dict]) -> str:
+    """"reproduces" when the union finds significantly more true positives than the best single
+    evaluator at every matched FPR; "does not reproduce" when the best single one finds significantly
+    more at every one; otherwise not shown."""
+    if all(u["verdict"] == "underestimates" for u in found):
+        return "reproduces at matched false-positive rates"
+    if all(u["p"] < ALPHA and u["recall_diff"] < 0 for u in found):
+        best = {u["best"] for u in found}
+        return (f"does not reproduce: at matched false-positive rates the best single evaluator "
+                f"({', '.join(sorted(best))}) finds more insults than the union; the union's extra "
+                "flags are false positives")
+    return "not shown at matched false-positive rates"
 
 
 def preprompt_table(folder: str | Path = POWERED, evaluator: str = "max", n_boot: int = 2000) -> pd.DataFrame:

@@ -139,3 +139,20 @@ def test_localization_claims_use_the_whole_profile():
     by = {f["model"]: f for f in found}
     assert by["early"]["lo"] > 1 / 3 and by["flat"]["lo"] <= 1 / 3 <= by["flat"]["hi"]
     assert compare["flat vs early"]["verdict"] == "differs"
+
+
+def test_evaluator_claim_at_matched_false_positive_rates():
+    rng = np.random.default_rng(0)
+    n = 3000
+    y = rng.random(n) < 0.3
+    good = np.where(y, rng.normal(1.5, 1, n), rng.normal(0, 1, n))
+    noise = rng.normal(0, 1, n)
+    frame = pd.DataFrame({"label": y.astype(int), "score.good": good, "score.noise": noise})
+    row = evidence.claims("/nonexistent", validation_scores=frame).iloc[0]
+    assert row.verdict.startswith("does not reproduce") and "(good)" in row.verdict
+    # two evaluators that each see half of the positives: the union finds more at the same FPR
+    half = rng.random(n) < 0.5
+    a = np.where(y & half, rng.normal(3, 0.5, n), rng.normal(0, 1, n))
+    b = np.where(y & ~half, rng.normal(3, 0.5, n), rng.normal(0, 1, n))
+    frame = pd.DataFrame({"label": y.astype(int), "score.a": a, "score.b": b})
+    assert evidence.claims("/nonexistent", validation_scores=frame).iloc[0].verdict.startswith("reproduces")
