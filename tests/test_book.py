@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import yaml
 
-from detox_utils import report, screenshots
+from detox_utils import data, report, screenshots
 from detox_utils._io import REPO_ROOT
 
 PAGES_WITH_FIGURES_PART = "Results"
@@ -282,7 +282,7 @@ def test_model_cards_match_the_reference_gguf_reader():
 
 def test_role_overlap_is_zero_and_covers_every_pair():
     overlap = report.role_overlap()
-    assert len(overlap) == math.comb(4, 2)
+    assert len(overlap) == math.comb(len(data.ROLES), 2)
     assert (overlap["shared texts"] == 0).all()
     assert (overlap[["texts in A", "texts in B"]] > 0).all().all()
 
