@@ -105,6 +105,9 @@ def built_book(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("book")
     config = yaml.safe_load((REPO_ROOT / "_config.yml").read_text(encoding="utf-8"))
     config.setdefault("execute", {})["cache"] = str(tmp / "jupyter_cache")  # fresh: every page runs
+    local = config.get("sphinx", {}).get("local_extensions") or {}
+    for name, folder in local.items():  # relative to the repository, not to the copied config
+        local[name] = str(REPO_ROOT / folder)
     (tmp / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     source = _source_tree(tmp)
     cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(source),
