@@ -800,13 +800,31 @@ def _reverify(spec: PackagedModel, folder: Path, provenance: dict) -> dict:
     return provenance
 
 
+@contextlib.contextmanager
+def _gguf_progress_follows_set_progress():
+    """transformers' GGUF reader draws a plain tqdm bar that its own progress switch does not reach;
+    inside this block it uses `detox_utils.set_progress`'s (restored on exit), so an executed notebook
+    run with ``progress=False`` keeps no bar."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    from ._progress import tqdm
+
+    original = gguf_utils.tqdm
+    gguf_utils.tqdm = tqdm
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+
+
 def _dequantize(gguf_path: Path):
     """Load a GGUF with transformers (dequantized to fp32) and rebuild it as a plain, saveable model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, file = gguf_path.parent, gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
-    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
+    with _gguf_progress_follows_set_progress():
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+        gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
     config = gguf_model.config
     # a GGUF-loaded model refuses save_pretrained; without the quantization record it is a plain model
     if hasattr(config, "quantization_config"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -568,9 +569,20 @@ def build(strict: bool = True, all_pages: bool = True) -> int:
     return code
 
 
+_BAR = re.compile(r"^\s*(\S.*)?\d+%\|.*\|.*(it/s|s/it|\?it/s)|^\s*$")
+
+
+def _is_progress_bar(output: dict) -> bool:
+    """A stderr stream output whose every line is a tqdm bar (or blank)."""
+    if output.get("output_type") != "stream" or output.get("name") != "stderr":
+        return False
+    text = "".join(output.get("text", "")).replace("\r", "\n")
+    return all(_BAR.search(line) for line in text.split("\n"))
+
+
 def retitle_notebook(path: str | Path, title: str) -> Path:
     """Give an executed notebook its own page title: replace the first markdown cell's ``# ...``
-    heading with ``# <title>`` (atomically). Executed copies of one notebook (one per model) would
+    heading with ``# <title>`` (atomically), and drop stderr outputs that are only progress bars. Executed copies of one notebook (one per model) would
     otherwise share the template's heading, and the book's navigation could not tell them apart."""
     from ._io import atomic_write
 
@@ -580,6 +592,9 @@ def retitle_notebook(path: str | Path, title: str) -> Path:
     if not title.strip() or "\n" in title:
         raise ValueError(f"title must be one non-empty line, got {title!r}")
     nb = json.loads(path.read_text(encoding="utf-8"))
+    for cell in nb.get("cells", []):  # progress bars (e.g. a first GGUF conversion) are not results
+        if "outputs" in cell:
+            cell["outputs"] = [o for o in cell["outputs"] if not _is_progress_bar(o)]
     for cell in nb.get("cells", []):
         if cell.get("cell_type") != "markdown":
             continue

@@ -10,6 +10,7 @@ from `_toc.yml` automatically.
 from __future__ import annotations
 
 import gzip
+import json
 import math
 import re
 import shutil
@@ -349,3 +350,20 @@ def test_retitle_gives_an_executed_notebook_its_own_heading(tmp_path):
         report.retitle_notebook(path, "t")
     with pytest.raises(FileNotFoundError):
         report.retitle_notebook(tmp_path / "missing.ipynb", "t")
+
+
+def test_retitle_drops_progress_bars_but_keeps_other_stderr(tmp_path):
+    bar = {"output_type": "stream", "name": "stderr",
+           "text": ["Converting...:   0%|          | 0/272 [00:00<?, ?it/s]\r",
+                    "Converting...: 100%|██████████| 272/272 [00:03<00:00, 87.86it/s] \n", "\n"]}
+    warning = {"output_type": "stream", "name": "stderr", "text": ["UserWarning: something real\n"]}
+    out = {"output_type": "stream", "name": "stdout", "text": ["42\n"]}
+    nb = {"cells": [{"cell_type": "markdown", "metadata": {}, "source": "# Old"},
+                    {"cell_type": "code", "metadata": {}, "source": "x", "outputs": [bar, warning, out],
+                     "execution_count": 1}],
+          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    path = tmp_path / "nb.ipynb"
+    path.write_text(json.dumps(nb))
+    report.retitle_notebook(path, "New")
+    cells = json.loads(path.read_text())["cells"]
+    assert cells[0]["source"] == "# New" and cells[1]["outputs"] == [warning, out]
