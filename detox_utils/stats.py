@@ -184,39 +184,31 @@ def _pvals(pvals) -> np.ndarray:
     return p
 
 
-def holm(pvals) -> np.ndarray:
-    """Holm step-down adjusted p-values (statsmodels ``multipletests(method="holm")``): sorted
-    ascending, p_adj(i) = max_{j <= i} min(1, (m - j + 1) p(j)). NaNs stay NaN and do not count in m."""
+def _adjusted(pvals, step) -> np.ndarray:
+    """Apply ``step`` (sorted non-NaN p-values [m] -> adjusted [m]) and put the results back in the
+    input order; NaNs stay NaN and do not count in m."""
     p = _pvals(pvals)
     out = np.full_like(p, np.nan)
     ok = ~np.isnan(p)
     q = p[ok]
-    m = q.size
-    if m:
+    if q.size:
         order = np.argsort(q, kind="stable")
-        adj = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * q[order]))
-        res = np.empty(m)
-        res[order] = adj
+        res = np.empty(q.size)
+        res[order] = np.minimum(1.0, step(q[order], q.size))
         out[ok] = res
     return out
+
+
+def holm(pvals) -> np.ndarray:
+    """Holm step-down adjusted p-values (statsmodels ``multipletests(method="holm")``): sorted
+    ascending, p_adj(i) = max_{j <= i} min(1, (m - j + 1) p(j)). NaNs stay NaN and do not count in m."""
+    return _adjusted(pvals, lambda q, m: np.maximum.accumulate((m - np.arange(m)) * q))
 
 
 def benjamini_hochberg(pvals) -> np.ndarray:
     """Benjamini-Hochberg adjusted p-values (statsmodels ``method="fdr_bh"``): sorted ascending,
     p_adj(i) = min_{j >= i} min(1, m p(j) / j). NaNs stay NaN and do not count in m."""
-    p = _pvals(pvals)
-    out = np.full_like(p, np.nan)
-    ok = ~np.isnan(p)
-    q = p[ok]
-    m = q.size
-    if m:
-        order = np.argsort(q, kind="stable")
-        scaled = q[order] * m / np.arange(1, m + 1)
-        adj = np.minimum(1.0, np.minimum.accumulate(scaled[::-1])[::-1])
-        res = np.empty(m)
-        res[order] = adj
-        out[ok] = res
-    return out
+    return _adjusted(pvals, lambda q, m: np.minimum.accumulate((q * m / np.arange(1, m + 1))[::-1])[::-1])
 
 
 # --------------------------------------------------------------------------------------------------
