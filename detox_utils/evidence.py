@@ -208,6 +208,8 @@ def effects(folder: str | Path = POWERED, evaluators: Iterable[str] | None = Non
             })
             rows.append(row)
     out = pd.DataFrame(rows)
+    if not len(out):  # baselines only so far
+        return out
     out["p_holm"] = np.nan
     out["emt_p_holm"] = np.nan
     for _, group in out.groupby(["method", "setting", "preprompt", "evaluator"]):

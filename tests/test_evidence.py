@@ -156,3 +156,10 @@ def test_evaluator_claim_at_matched_false_positive_rates():
     b = np.where(y & ~half, rng.normal(3, 0.5, n), rng.normal(0, 1, n))
     frame = pd.DataFrame({"label": y.astype(int), "score.a": a, "score.b": b})
     assert evidence.claims("/nonexistent", validation_scores=frame).iloc[0].verdict.startswith("reproduces")
+
+
+def test_a_grid_with_only_a_baseline(tmp_path):
+    _write(tmp_path, np.random.default_rng(0))
+    assert evidence.effects(tmp_path).empty and evidence.preprompt_table(tmp_path).empty
+    assert len(evidence.power_table(tmp_path, n_sim=100)) == 3  # two evaluators and max
+    assert evidence.claims(tmp_path).empty  # nothing to claim yet (no localization, no validation)
