@@ -76,11 +76,19 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         return _user_error(exc)
     for s in summaries:
-        print(f"{s['status']:8s} {s['config_hash']}  {s.get('label', '')}  {s['seconds']:.1f}s")
+        took = "?" if s["seconds"] != s["seconds"] else f"{s['seconds']:.1f}s"  # NaN: no estimate
+        print(f"{s['status']:8s} {s['config_hash']}  {s.get('label', '')}  {took}")
     failed = sum(s["status"] == "failed" for s in summaries)
     print(f"{len(summaries)} runs: " + ", ".join(
         f"{n} {st}" for st in ("planned", "done", "skipped", "ok", "failed")
         if (n := sum(s["status"] == st for s in summaries))))
+    if args.dry_run:
+        planned = [s["seconds"] for s in summaries if s["status"] == "planned"]
+        known = [x for x in planned if x == x]
+        if planned:
+            print(f"estimated wall time of the {len(known)} planned runs with a measured peer: "
+                  f"{sum(known) / 3600:.1f} h (median of finished runs of the same model and method); "
+                  f"{len(planned) - len(known)} planned runs have no measurement yet")
     return 1 if failed else 0
 
 

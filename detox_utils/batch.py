@@ -20,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import math
+import statistics
 import logging
 import time
 import traceback
@@ -294,8 +296,10 @@ def run_batch(profile_name: str, out: str | Path, *, jobs: int = 1, scheduler: s
     check_result_dir(out, name="--out", create=not dry_run)
     runs = plan(profile, out)
     if dry_run:
+        estimate = estimate_seconds(runs)
         return [{"config_hash": r.config.config_hash, "status": "done" if r.done else "planned",
-                 "label": r.label, "seconds": 0.0} for r in runs]
+                 "label": r.label, "seconds": 0.0 if r.done else estimate.get(r.config.config_hash, math.nan)}
+                for r in runs]
     _remove_stale_temporaries(Path(out))
     todo = [r for r in runs if not r.done]
     summaries = [{"config_hash": r.config.config_hash, "status": "skipped", "label": r.label,
@@ -311,6 +315,33 @@ def run_batch(profile_name: str, out: str | Path, *, jobs: int = 1, scheduler: s
         bar.set_postfix_str(f"{summary['status']} {summary['seconds']:.0f}s")
     bar.close()
     return summaries
+
+
+def estimate_seconds(runs: list[PlannedRun]) -> dict[str, float]:
+    """A wall-time estimate for each planned run, from the runs of the same plan already done: the
+    median measured seconds (the result's step timings) of finished runs with the same model, method
+    and random-control status; failing that, of the same model. Runs with no such measurement get no
+    estimate."""
+    done: dict[tuple, list[float]] = {}
+    for r in runs:
+        if not r.done:
+            continue
+        seconds = sum(results.read_result(r.result_path)["provenance"].get("timings", {}).values())
+        for key in _estimate_keys(r.config):
+            done.setdefault(key, []).append(seconds)
+    out = {}
+    for r in runs:
+        if r.done:
+            continue
+        for key in _estimate_keys(r.config):
+            if key in done:
+                out[r.config.config_hash] = float(statistics.median(done[key]))
+                break
+    return out
+
+
+def _estimate_keys(c: EvalConfig) -> tuple[tuple, ...]:
+    return ((c.model, c.method, c.control_seed is None), (c.model,))
 
 
 def _remove_stale_temporaries(out: Path) -> None:

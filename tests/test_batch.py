@@ -178,3 +178,21 @@ def test_run_settings_in_method_entries_and_methods_first_order():
         batch.expand({**profile, "models": "smollm2-135m"})
     with pytest.raises(ValueError, match="must be a mapping"):
         batch.expand({**profile, "methods": ["aura"]})
+
+
+def test_dry_run_estimates_from_finished_runs_of_the_same_model_and_method(tmp_path):
+    profile = {"models": ["m1", "m2"], "benchmarks": ["rtp-challenging", "slur-prefixes"],
+               "settings": {"n_prompts": 2},
+               "methods": [{"method": "none"}, {"method": "aura"}, {"method": "aura", "control_seed": 1}]}
+    runs = batch.plan(profile, tmp_path)
+    for r, seconds in ((runs[0], 100.0), (runs[1], 300.0)):  # m1 none (rtp), m1 aura (rtp)
+        results.write_result(r.result_path, config=r.config.to_dict(), config_hash=r.config.config_hash,
+                             metrics={}, provenance={"timings": {"generate": seconds - 10, "fit": 10.0}})
+    runs = [batch.PlannedRun(r.config, r.result_path, r.result_path.exists()) for r in runs]
+    est = batch.estimate_seconds(runs)
+    by = {(r.config.model, r.config.benchmark, r.config.method, r.config.control_seed): est.get(r.config.config_hash)
+          for r in runs}
+    assert by[("m1", "slur-prefixes", "none", None)] == 100.0
+    assert by[("m1", "slur-prefixes", "aura", None)] == 300.0
+    assert by[("m1", "rtp-challenging", "aura", 1)] == 200.0  # no control measured: the model's median
+    assert by[("m2", "rtp-challenging", "none", None)] is None  # nothing measured for m2
