@@ -296,10 +296,17 @@ def torch_quantiles(scores, qs) -> "np.ndarray":
 
 def write_localization(cfg, result_dir: str | Path, lm: models.LoadedModel,
                        found: Mapping[str, Any]) -> Path:
-    """``<result_dir>/<model>__<score>-<pooling>.json`` with config, summary and provenance."""
+    """``<result_dir>/<model>__<score>-<pooling>.json`` with config, summary and provenance, for the
+    book's settings (the notebook's defaults, any model and dtype); any other settings get their config
+    hash in the name, ``<model>__<score>-<pooling>__<hash>.json``, so they never overwrite the
+    book's result."""
     from ._io import atomic_write_json
+    from .config import LocalizeConfig
 
-    name = f"{lm.name.replace('/', '--')}__{cfg.score}-{cfg.pooling}.json"
+    stem = f"{lm.name.replace('/', '--')}__{cfg.score}-{cfg.pooling}"
+    book = {k: v for k, v in LocalizeConfig().to_dict().items() if k not in ("model", "dtype")}
+    mine = {k: v for k, v in cfg.to_dict().items() if k not in ("model", "dtype")}
+    name = f"{stem}.json" if mine == book else f"{stem}__{cfg.config_hash}.json"
     record = {
         "kind": "localization", "config": cfg.to_dict(), "config_hash": cfg.config_hash,
         "model": lm.name, "model_type": lm.model.config.model_type,

@@ -120,9 +120,15 @@ SITE_LABELS = {"pre": "pre (gate / c_fc output)", "up": "up (GLU up_proj output)
                "post": "post (MLP neurons)", "out": "out (MLP output)"}
 
 
+def read_localization(path: str | Path) -> dict:
+    """One localization record (a file written by `experiment.write_localization`)."""
+    return json.loads(Path(path).read_text())
+
+
 def load_localization(folder: str | Path = RESULTS / "localization") -> list[dict]:
-    """All localization records (written by notebooks/localize.ipynb), sorted by file name."""
-    paths = sorted(Path(folder).glob("*.json"))
+    """The localization records of the book's settings (written by notebooks/localize.ipynb with its
+    defaults), sorted by file name; results of other settings (``...__<hash>.json``) are left out."""
+    paths = sorted(p for p in Path(folder).glob("*.json") if p.stem.count("__") == 1)
     if not paths:
         raise FileNotFoundError(f"no localization results in {folder}; run notebooks/localize.ipynb")
     return [json.loads(p.read_text()) for p in paths]

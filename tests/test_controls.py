@@ -197,3 +197,17 @@ def test_fitted_method_cache_is_verified_on_read(fitted):
     path.with_name(f".{path.name}.sha256").unlink()  # no record (older code): refitted, not trusted
     again = experiment.fit_method(cfg, lm, progress=False)
     assert again.params["k"] == 7 and iv.load(path).params["k"] == 7
+
+
+def test_localization_of_other_settings_never_overwrites_the_books(tmp_path):
+    from detox_utils import report
+    from detox_utils.config import LocalizeConfig
+
+    lm = models.tiny("llama")
+    found = {"n_toxic": 2, "n_neutral": 2, "summary": {}}
+    book = experiment.write_localization(LocalizeConfig(model=lm.name), tmp_path, lm, found)
+    other = experiment.write_localization(LocalizeConfig(model=lm.name, n_boot=3), tmp_path, lm, found)
+    assert book.name == f"{lm.name}__auroc-max.json"
+    assert other.name == f"{lm.name}__auroc-max__{LocalizeConfig(model=lm.name, n_boot=3).config_hash}.json"
+    assert [r["config"]["n_boot"] for r in report.load_localization(tmp_path)] == [100]
+    assert report.read_localization(other)["config"]["n_boot"] == 3
