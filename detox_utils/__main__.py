@@ -1,6 +1,7 @@
 """Command line: ``python -m detox_utils batch --profile NAME --out DIR [--jobs N] [--scheduler ADDR]
 [--device DEV] [--dry-run]``, ``python -m detox_utils verify --out DIR [--runs HASH ...] [--n N]``,
-``python -m detox_utils cache [--clear KIND]`` and ``python -m detox_utils run NOTEBOOK OUTPUT -p NAME
+``python -m detox_utils cache [--clear KIND]``, ``python -m detox_utils export --model M --method NAME
+--out DIR [--param k=v ...]`` (an edited model as a plain transformers folder) and ``python -m detox_utils run NOTEBOOK OUTPUT -p NAME
 VALUE ...`` (papermill, refusing parameters the notebook does not declare).
 
 A user error (a bad profile, option, folder or file) ends with exit status 2 and one line on stderr
@@ -59,7 +60,21 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("-y", "--yaml", action="append", default=[], metavar="YAML",
                    help="parameters as a YAML mapping, e.g. -y 'method_params: {k: 3}'")
     r.add_argument("--cwd", default=None, help="working folder of the kernel (default: the notebook's)")
+    e = sub.add_parser("export", help="write a model with a method folded into its weights as a plain "
+                                      "transformers folder, with a model card")
+    e.add_argument("--model", required=True, help="packaged model name, hub id or local folder")
+    e.add_argument("--method", required=True, help="aura, det0, damp, meow2x or trne")
+    e.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a method parameter, e.g. --param k=3000 --param alpha=0.5 (YAML values)")
+    e.add_argument("--n-contrast", type=int, default=400, help="contrast texts per class for the fit")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", required=True, help="folder to write (replaced when it exists)")
+    e.add_argument("--results", default=None,
+                   help="grid folder whose runs of this model and setting go on the card's 'Measured'")
+    e.add_argument("--device", default="cpu", help="torch device for the fit (default cpu)")
     args = parser.parse_args(argv)
+    if args.command == "export":
+        return _export(args)
     if args.command == "cache":
         return _cache(args.clear)
     if args.command == "run":
@@ -90,6 +105,30 @@ def main(argv: list[str] | None = None) -> int:
                   f"{sum(known) / 3600:.1f} h (median of finished runs of the same model and method); "
                   f"{len(planned) - len(known)} planned runs have no measurement yet")
     return 1 if failed else 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    import yaml
+
+    from . import export
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    params = {}
+    for item in args.param:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            return _user_error(ValueError(f"--param {item!r} is not NAME=VALUE, e.g. --param k=3000"))
+        params[name] = yaml.safe_load(value)
+    if args.method == "none":
+        return _user_error(ValueError("--method none has nothing to fold; allowed: aura, det0, damp, "
+                                      "meow2x, trne"))
+    try:
+        out = export.main(args.model, args.method, args.out, params, n_contrast=args.n_contrast,
+                          seed=args.seed, results_dir=args.results, device=args.device)
+    except USER_ERRORS as exc:
+        return _user_error(exc)
+    print(f"wrote {out}")
+    return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
