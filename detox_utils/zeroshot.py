@@ -40,12 +40,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from . import data, metrics
+from . import data, metrics, registry
 from ._progress import tqdm
 
 log = logging.getLogger(__name__)
 
-TASKS: tuple[str, ...] = ("piqa", "arc_easy", "hellaswag")
+TASKS: tuple[str, ...] = registry.ZEROSHOT_TASKS  # declared once, beside the methods
 DATASETS: dict[str, str] = {"piqa": "piqa", "arc_easy": "arc-easy", "hellaswag": "hellaswag"}  # task -> data set
 HEADS: tuple[str, ...] = ("selected", "full")
 CI = 0.95
