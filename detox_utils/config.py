@@ -27,7 +27,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 # Fields added after results were published enter the config hash only when they differ from these
 # defaults, so every published result keeps its hash (and a rerun of its grid still skips it).
 _HASHED_IF_NOT = {"dtype": "float32", "control_seed": None, "ppl_prefix": "auto", "n_zeroshot": 0,
-                  "zeroshot_tasks": ["piqa", "arc_easy", "hellaswag"]}
+                  "zeroshot_tasks": list(registry.ZEROSHOT_TASKS)}
 PPL_PREFIXES = ("auto", "doc-start", "none")
 ZEROSHOT_TASKS = registry.ZEROSHOT_TASKS
 MAX_NEW_TOKENS = 512
