@@ -314,8 +314,8 @@ def claims(folder: str | Path = POWERED, loc_records: list[dict] | None = None,
             "; ".join(f"{e['model']}: {e['verdict']}" for e in early))
         add("Where toxicity sits varies across architectures", "Beniwal & Singh 2026",
             "qualitative (abstract)",
-            "; ".join(f"{k}: centre-of-mass depth difference {_fmt(c['diff'])} [{_fmt(c['lo'])}, "
-                      f"{_fmt(c['hi'])}]" for k, c in compare.items()) +
+            "; ".join(f"{k}: centre-of-mass depth difference {_fmt(c['diff'], 3)} [{_fmt(c['lo'], 3)}, "
+                      f"{_fmt(c['hi'], 3)}]" for k, c in compare.items()) +
             f" (intervals at {1 - ALPHA / max(1, len(compare)):.1%}, Bonferroni over pairs)",
             "reproduces" if any(c["verdict"] == "differs" for c in compare.values())
             else "not distinguishable")
@@ -461,7 +461,7 @@ def plot_profiles(loc_records: list[dict], site: str = "post", ax=None):
     import matplotlib.pyplot as plt
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(7.5, 3.6))
+        _, ax = plt.subplots(figsize=(7.5, 4.2))
     ax.axvspan(0, 1 / 3, color="0.92", label="first third of the layers")
     for r in loc_records:
         ls = r["summary"][site]["layer_score"]
@@ -479,9 +479,23 @@ def plot_profiles(loc_records: list[dict], site: str = "post", ax=None):
     ax.set_xlim(0, 1)
     ax.set_xlabel("relative depth of the layer (0 = first, 1 = last)")
     ax.set_ylabel("share of selective units\n(relative to a flat profile)")
-    ax.set_title(f"Where the toxicity-selective MLP neurons sit ({site} site, 95% bootstrap bands)")
-    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.set_title(f"Where the toxicity-selective MLP neurons sit ({site} site, 95% bootstrap bands)",
+                 fontsize=11)
+    ax.legend(fontsize=9, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
+    ax.figure.tight_layout()
     return ax.figure
+
+
+def mde_table(pw: pd.DataFrame) -> pd.DataFrame:
+    """`power_table` as one row per cell and one column per evaluator: ``MDE (baseline tox_prob)``."""
+    if not len(pw):
+        return pw
+    cell = pw.assign(shown=[f"{'∞' if math.isinf(m) else f'{m:.2f}x'} ({b:.3f})"
+                            for m, b in zip(pw.mde, pw.base_tox_prob)])
+    wide = cell.pivot_table(index=["model", "benchmark", "n_prompts", "n_samples"], columns="evaluator",
+                            values="shown", aggfunc="first")
+    order = [e for e in wide.columns if e != "max"] + (["max"] if "max" in wide.columns else [])
+    return wide[order].reset_index().rename_axis(columns=None)
 
 
 def plot_effects(eff: pd.DataFrame, evaluator: str = "max", clip: float = 20.0):

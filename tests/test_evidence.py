@@ -163,3 +163,9 @@ def test_a_grid_with_only_a_baseline(tmp_path):
     assert evidence.effects(tmp_path).empty and evidence.preprompt_table(tmp_path).empty
     assert len(evidence.power_table(tmp_path, n_sim=100)) == 3  # two evaluators and max
     assert evidence.claims(tmp_path).empty  # nothing to claim yet (no localization, no validation)
+
+
+def test_mde_table_is_one_row_per_cell(grid):
+    table = evidence.mde_table(evidence.power_table(grid, n_sim=200))
+    assert len(table) == 1 and list(table.columns)[-1] == "max"
+    assert table["max"].iloc[0].endswith(")") and "x (" in table["max"].iloc[0]
