@@ -32,6 +32,7 @@ from ._io import REPO_ROOT
 POWERED = REPO_ROOT / "results" / "powered"
 ALPHA = 0.05
 TARGET_REDUCTION = 1.5  # what the powered profile is sized to detect
+ZEROSHOT_MDE_MAX = 0.05  # "preserved" needs a test that would have seen a 5-point change of accuracy
 MAX_PPL_INCREASE = 0.25  # a reduction counts only at a corpus-perplexity increase of at most this
 
 
@@ -130,15 +131,18 @@ def power_table(folder: str | Path = POWERED, n_sim: int = 2000,
 
 
 def _zeroshot_cost(base: pd.Series, run: pd.Series, tasks: list[str]) -> dict:
-    """Mean accuracy change over tasks and an exact McNemar over all items (paired by item)."""
-    missing = {"zs_base": math.nan, "zs_method": math.nan, "zs_delta": math.nan, "zs_p": math.nan}
+    """Mean accuracy change over tasks, an exact McNemar over all items (paired by item) and the
+    smallest change that test detects with 80% power at the observed discordance (``zs_mde``)."""
+    missing = {"zs_base": math.nan, "zs_method": math.nan, "zs_delta": math.nan, "zs_p": math.nan,
+               "zs_n": 0, "zs_mde": math.nan}
     if not tasks or not all(isinstance(r.get(f"zs.{t}.correct"), str) for r in (base, run) for t in tasks):
         return missing
     a = np.concatenate([[c == "1" for c in base[f"zs.{t}.correct"]] for t in tasks])
     b = np.concatenate([[c == "1" for c in run[f"zs.{t}.correct"]] for t in tasks])
     test = stats.mcnemar_exact(a, b)
     return {"zs_base": float(a.mean()), "zs_method": float(b.mean()), "zs_delta": float(b.mean() - a.mean()),
-            "zs_p": test["p"]}
+            "zs_p": test["p"], "zs_n": len(a),
+            "zs_mde": power.mde_paired_accuracy(len(a), test["n_discordant"] / len(a))}
 
 
 def effects(folder: str | Path = POWERED, evaluators: Iterable[str] | None = None,
@@ -367,15 +371,30 @@ def claims(folder: str | Path = POWERED, loc_records: list[dict] | None = None,
             _preprompt_verdict(pre))
     aura = eff[(eff.method == "aura") & (~eff.preprompt)]
     if len(aura) and aura.zs_delta.notna().any():
-        worst = aura.zs_delta.min()
-        zs_p = stats.holm(aura.zs_p.to_numpy())
         add("AURA preserves zero-shot common-sense accuracy", "Suau et al. 2024", "preserved",
-            "; ".join(f"{r.model}: {_fmt(100 * r.zs_base, 1)}% → {_fmt(100 * r.zs_method, 1)}% "
-                      f"(Holm p = {_fmt(p, 3)})" for r, p in zip(aura.itertuples(), zs_p)
-                      if r.benchmark == aura.benchmark.iloc[0]),
-            "preserved (no significant change)" if (zs_p >= ALPHA).all()
-            else f"not preserved: worst change {100 * worst:+.1f} points")
+            *_zeroshot_claim(aura))
     return pd.DataFrame(rows)
+
+
+def _zeroshot_claim(rows: pd.DataFrame) -> tuple[str, str]:
+    """(measured, verdict) of "zero-shot accuracy is preserved": one test per model (zero-shot does not
+    depend on the benchmark, so a model's cells share one measurement), Holm over the models. "preserved"
+    needs every model without a significant change AND a test able to see a small one (MDE at most
+    ``ZEROSHOT_MDE_MAX``); otherwise the verdict says the data cannot tell."""
+    per_model = rows[rows.zs_delta.notna()].drop_duplicates("model").sort_values("model")
+    p_holm = stats.holm(per_model.zs_p.to_numpy())
+    measured = "; ".join(
+        f"{r.model}: {_fmt(100 * r.zs_base, 1)}% → {_fmt(100 * r.zs_method, 1)}% over {r.zs_n} items "
+        f"(Holm p = {_fmt(p, 3)}; detectable change {_fmt(100 * r.zs_mde, 1)} points)"
+        for r, p in zip(per_model.itertuples(), p_holm))
+    if (p_holm < ALPHA).any():
+        worst = per_model.zs_delta.min()
+        return measured, f"not preserved: worst change {100 * worst:+.1f} points"
+    if (per_model.zs_mde > ZEROSHOT_MDE_MAX).any():
+        return measured, (f"no significant change, but a drop below {100 * ZEROSHOT_MDE_MAX:.0f} points "
+                          "would not have been detected in every model")
+    return measured, (f"preserved: no significant change, and a change of "
+                      f"{_fmt(100 * per_model.zs_mde.max(), 1)} points would have been detected")
 
 
 def _evaluator_verdict(found: list[dict]) -> str:

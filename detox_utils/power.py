@@ -543,3 +543,31 @@ def design_for(pilot_q, target_reduction: float = 1.5, power: float = 0.8, alpha
             "cost": best["cost"], "power": best["power"], "options": options,
             "message": (f"{best['n_prompts']} prompts x {best['n_samples']} samples (cost "
                         f"{best['cost']:g}) detect a {what}")}
+
+
+def mde_paired_accuracy(n_items: int, discordant: float, power: float = 0.8, alpha: float = 0.05) -> float:
+    """The smallest change of accuracy (a fraction, e.g. 0.03 = 3 points) that a two-sided McNemar test
+    on ``n_items`` paired items detects with ``power``, when a fraction ``discordant`` of the items is
+    answered differently by the two models (Connor 1987's normal approximation:
+    ``n = (z_a sqrt(d) + z_b sqrt(d - delta^2))^2 / delta^2``, solved for delta in (0, sqrt(d))).
+
+    ``discordant`` is the observed share of items right under exactly one of the two models; with none
+    (identical answers) any change is detectable from zero, and the MDE is taken as ``1 / n_items``.
+    """
+    n = _check_int(n_items, "n_items")
+    if not 0 <= discordant <= 1:
+        raise ValueError(f"discordant must be a fraction in [0, 1], got {discordant!r}")
+    if not 0 < power < 1 or not 0 < alpha < 1:
+        raise ValueError(f"power and alpha must be in (0, 1), got power={power!r}, alpha={alpha!r}")
+    if discordant == 0:
+        return 1.0 / n
+    z_a, z_b = stats.norm.ppf(1 - alpha / 2), stats.norm.ppf(power)
+    d = float(discordant)
+
+    def needed(delta: float) -> float:
+        return (z_a * math.sqrt(d) + z_b * math.sqrt(max(d - delta * delta, 0.0))) ** 2 / delta ** 2 - n
+
+    hi = math.sqrt(d)
+    if needed(hi) > 0:  # even the largest change the discordance allows is not detectable
+        return math.inf
+    return float(optimize.brentq(needed, 1e-9, hi))

@@ -169,3 +169,18 @@ def test_mde_table_is_one_row_per_cell(grid):
     table = evidence.mde_table(evidence.power_table(grid, n_sim=200))
     assert len(table) == 1 and list(table.columns)[-1] == "max"
     assert table["max"].iloc[0].endswith(")") and "x (" in table["max"].iloc[0]
+
+
+def test_zeroshot_claim_rule_is_per_model_holm_and_needs_power():
+    def rows(p, mde, delta=-0.01):
+        # two cells of one model share its zero-shot measurement: counted once
+        return pd.DataFrame([{"model": m, "benchmark": b, "zs_base": 0.5, "zs_method": 0.5 + delta,
+                              "zs_delta": delta, "zs_p": p, "zs_n": 600, "zs_mde": mde}
+                             for m in ("a", "b") for b in ("x", "y")])
+    measured, verdict = evidence._zeroshot_claim(rows(0.3, 0.02))
+    assert verdict.startswith("preserved") and measured.count("Holm p") == 2
+    # p = 0.03 in each of two models: Holm gives 0.06, not significant
+    assert evidence._zeroshot_claim(rows(0.03, 0.02))[1].startswith("preserved")
+    assert evidence._zeroshot_claim(rows(0.001, 0.02, -0.04))[1] == "not preserved: worst change -4.0 points"
+    # no significant change, but the test could not have seen a 5-point drop: not "preserved"
+    assert "would not have been detected" in evidence._zeroshot_claim(rows(0.5, 0.08))[1]

@@ -165,3 +165,31 @@ def test_input_checks(pilot):
         P.power_tox_prob(pilot, 10, 4, 2.0, test="chi2")
     with pytest.raises(TypeError):
         P.power_emt(pilot.q_mean, 10, 4, 1.2)
+
+
+def test_mde_paired_accuracy_matches_connor_and_simulation():
+    # Connor's formula: with d = 0.2 and delta = 0.05, n = (1.96*sqrt(.2) + 0.8416*sqrt(.1975))^2 / .0025
+    z_a, z_b = 1.959964, 0.841621
+    n = (z_a * 0.2 ** 0.5 + z_b * (0.2 - 0.0025) ** 0.5) ** 2 / 0.0025
+    assert P.mde_paired_accuracy(int(round(n)), 0.2) == pytest.approx(0.05, rel=2e-3)
+    # more items or fewer discordant items: a smaller detectable change
+    assert P.mde_paired_accuracy(2000, 0.2) < P.mde_paired_accuracy(500, 0.2)
+    assert P.mde_paired_accuracy(500, 0.05) < P.mde_paired_accuracy(500, 0.2)
+    # simulated exact McNemar at the MDE has about the wanted power
+    from detox_utils import stats as dstats
+    rng = np.random.default_rng(0)
+    items, d = 600, 0.15
+    delta = P.mde_paired_accuracy(items, d)
+    hits = 0
+    for _ in range(400):
+        u = rng.random(items)
+        b = u < (d + delta) / 2           # right under the base only
+        c = (u >= (d + delta) / 2) & (u < d)  # right under the method only
+        base = b.copy()
+        method = c.copy()
+        test = dstats.mcnemar_exact(base, method)
+        hits += test["p"] < 0.05
+    assert 0.7 < hits / 400 < 0.9
+    assert P.mde_paired_accuracy(100, 0.0) == 0.01
+    with pytest.raises(ValueError, match="discordant"):
+        P.mde_paired_accuracy(100, 1.5)
