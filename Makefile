@@ -59,7 +59,7 @@ results: $(STAMP) $(LOC_RESULTS) results/evaluators/validation.json
 	$(PY) -m detox_utils batch --profile $(PROFILE) --out $(RESULTS)
 
 book: results
-	$(PY) -m detox_utils.report build
+	$(PY) -m detox_utils.report build --results $(RESULTS)
 
 # The evidence grid behind the book's Evidence page (hours on 2 CPU cores; finished runs are skipped,
 # so it resumes where it stopped). `make book` builds from whatever part of it is committed.

@@ -1,0 +1,375 @@
+"""Cards for the pages "Data and models" (book/data_models.md) and "Evaluators" (book/evaluators.md).
+
+Everything is read from the curated data files, the installed model packages (GGUF headers, read
+without loading any weights) and results/evaluators/validation.json.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from .common import RESULTS, html_table
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
+                 10: "<Q", 11: "<q", 12: "<d"}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+class _Concatenated:
+    """Read-only stream over several files one after another (a GGUF shipped in chunks)."""
+
+    def __init__(self, paths: Iterable[Path]):
+        self._paths = list(paths)
+        self._file = None
+
+    def __enter__(self) -> "_Concatenated":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def read(self, n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            if self._file is None:
+                if not self._paths:
+                    raise ValueError("GGUF stream ended inside its header (truncated file?)")
+                self._file = open(self._paths.pop(0), "rb")
+            chunk = self._file.read(n - len(out))
+            if not chunk:
+                self._file.close()
+                self._file = None
+            out += chunk
+        return out
+
+
+def _gguf_read(stream, fmt: str):
+    import struct
+
+    return struct.unpack(fmt, stream.read(struct.calcsize(fmt)))[0]
+
+
+def _gguf_string(stream) -> str:
+    return stream.read(_gguf_read(stream, "<Q")).decode("utf-8", "replace")
+
+
+def _gguf_value(stream, vtype: int):
+    """One metadata value; arrays are skipped and summarised as ``[n items]``."""
+    import struct
+
+    if vtype == _GGUF_STRING:
+        return _gguf_string(stream)
+    if vtype == _GGUF_ARRAY:
+        itype, count = _gguf_read(stream, "<I"), _gguf_read(stream, "<Q")
+        if itype in _GGUF_SCALARS:
+            stream.read(count * struct.calcsize(_GGUF_SCALARS[itype]))
+        else:
+            for _ in range(count):
+                _gguf_value(stream, itype)
+        return f"[{count} items]"
+    if vtype not in _GGUF_SCALARS:
+        raise ValueError(f"unknown GGUF metadata type {vtype}")
+    return _gguf_read(stream, _GGUF_SCALARS[vtype])
+
+
+def gguf_header(paths: Iterable[Path]) -> dict:
+    """Metadata and tensor table of a GGUF file (given as its chunk files, in order), weights unread.
+
+    Returns ``{"metadata": {key: value}, "tensors": [(name, shape, ggml_type_name)]}``.
+    """
+    from gguf.constants import GGMLQuantizationType
+
+    with _Concatenated(paths) as stream:
+        if stream.read(4) != b"GGUF":
+            raise ValueError("not a GGUF file (magic bytes differ)")
+        _gguf_read(stream, "<I")  # format version
+        n_tensors, n_kv = _gguf_read(stream, "<Q"), _gguf_read(stream, "<Q")
+        metadata = {}
+        for _ in range(n_kv):
+            key = _gguf_string(stream)
+            metadata[key] = _gguf_value(stream, _gguf_read(stream, "<I"))
+        tensors = []
+        for _ in range(n_tensors):
+            name = _gguf_string(stream)
+            shape = tuple(_gguf_read(stream, "<Q") for _ in range(_gguf_read(stream, "<I")))
+            ggml_type = GGMLQuantizationType(_gguf_read(stream, "<I")).name
+            _gguf_read(stream, "<Q")  # offset of the tensor's data
+            tensors.append((name, shape, ggml_type))
+    return {"metadata": metadata, "tensors": tensors}
+
+
+def _gguf_files(name: str) -> tuple[list[Path], str, str]:
+    """The GGUF of packaged model ``name`` as its file(s), the GGUF's name and its sha256 (the pinned one,
+    else hashed here), all from `detox_utils.models.gguf_files`."""
+    from .. import models
+    from .._io import sha256_file
+
+    files = models.gguf_files(name)
+    sha = files.sha256 or sha256_file(files.paths[0])
+    return list(files.paths), files.file_name, sha
+
+
+def model_cards() -> pd.DataFrame:
+    """One column per packaged model: where it comes from, its licence, quantization and shape.
+
+    Shapes and parameter counts are read from the GGUF header in the installed package (no weights
+    loaded); when the dequantized fp32 folder is already cached, its recorded parameter count is
+    shown next to it as a cross-check.
+    """
+    import importlib.metadata
+    import math
+    from collections import Counter
+
+    from .. import models
+
+    cards = {}
+    for name in models.available():
+        spec = models.PACKAGED[name]
+        files, gguf_name, sha = _gguf_files(name)
+        header = gguf_header(files)
+        meta, tensors = header["metadata"], header["tensors"]
+        arch = meta["general.architecture"]
+        n_params = sum(math.prod(shape) for _, shape, _ in tensors)
+        by_type, mlp_by_type = Counter(), Counter()
+        for tensor, shape, ggml_type in tensors:
+            by_type[ggml_type] += math.prod(shape)
+            if tensor.split(".")[-2].startswith("ffn_") and len(shape) == 2:
+                mlp_by_type[ggml_type] += math.prod(shape)
+        stored_bits = sum(n * _bits_per_weight(t) for t, n in by_type.items())
+        n_bytes = sum(p.stat().st_size for p in files)
+        cached = models.cached_provenance(name)
+        cards[name] = {
+            "model": spec.title,
+            "transformers class": spec.architecture,
+            "package (PyPI)": ", ".join(f"{p}=={importlib.metadata.version(p)}" for p in spec.packages),
+            "file": gguf_name + (f" (assembled from {len(files)} chunk packages)" if len(files) > 1 else ""),
+            "GGUF sha256": sha[:16] + "…",
+            "GGUF name field": meta.get("general.name", "(none)"),
+            "provenance caveats": spec.note or "(none)",
+            "licence": spec.licence,
+            "licence field in the GGUF": meta.get("general.license", "(none)"),
+            "quantization": spec.quantization,
+            "weights by storage type": _shares(by_type),
+            "MLP weight matrices by storage type": _shares(mlp_by_type),
+            "token embeddings stored as": next(t for n, _, t in tensors if n == "token_embd.weight"),
+            "mean bits per weight as stored": f"{stored_bits / n_params:.2f}",
+            "GGUF size (MB)": f"{n_bytes / 1e6:.0f}",
+            "parameters (from the GGUF tensor table)": f"{n_params / 1e6:.1f} M",
+            "parameters (cached fp32 model)": (f"{cached['n_parameters'] / 1e6:.1f} M" if cached
+                                               else "not cached yet"),
+            "layers": meta[f"{arch}.block_count"],
+            "d_model (residual width)": meta[f"{arch}.embedding_length"],
+            "d_mlp (MLP hidden width)": meta[f"{arch}.feed_forward_length"],
+            "attention heads (query / key-value)":
+                f"{meta[f'{arch}.attention.head_count']} / {meta[f'{arch}.attention.head_count_kv']}",
+            "context length (tokens)": meta[f"{arch}.context_length"],
+            "vocabulary": meta.get("tokenizer.ggml.tokens", "?").strip("[] items"),
+        }
+    return pd.DataFrame(cards)
+
+
+def _bits_per_weight(ggml_type: str) -> float:
+    """Bits one weight takes in a GGML storage type (block bytes * 8 / weights per block)."""
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    block, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType[ggml_type]]
+    return 8 * nbytes / block
+
+
+def _shares(counts) -> str:
+    """``Q4_1 79%, Q8_0 21%`` (shares of the weights; types under 0.5% are left out)."""
+    total = sum(counts.values())
+    return ", ".join(f"{t} {n / total:.0%}" for t, n in counts.most_common() if n / total >= 0.005)
+
+
+def _short(text: str, n: int = 16) -> str:
+    return text if len(text) <= n else text[:n] + "…"
+
+
+def dataset_summary() -> pd.DataFrame:
+    """One row per curated data set: role, source package, licence, rows and label balance."""
+    from .. import data
+
+    rows = []
+    for name in data.available():
+        prov, frame = data.provenance(name), data.load(name)
+        labelled = frame["label"].dropna()
+        rows.append({
+            "data set": name,
+            "role": prov["role"],
+            "package": f"{prov['package']}=={prov['version']}",
+            "rows (source → curated)": f"{prov['rows']['source']} → {prov['rows']['curated']}",
+            "toxic (label 1)": (f"{int(labelled.sum())} ({labelled.mean():.0%})" if len(labelled)
+                                else "unlabelled"),
+            "licence (full terms in the card)": prov["licence"].split(";")[0],
+        })
+    return pd.DataFrame(rows)
+
+
+def dataset_card(name: str) -> tuple[pd.DataFrame, list[str]]:
+    """The provenance of data set ``name`` as a two-column table, and its list of cleaning steps."""
+    from .. import data
+
+    prov = data.provenance(name)
+    dropped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in prov.get("dropped", {}).items() if v)
+    fields = {
+        "role": prov["role"],
+        "package": f"{prov['package']}=={prov['version']} (archive {prov['archive']}, "
+                   f"sha256 {_short(prov['archive_sha256'])})",
+        "member(s)": prov["member"],
+        "upstream": prov.get("upstream", ""),
+        "licence": prov["licence"],
+        "curated file": f"detox_utils/assets/data/{prov['file']} (sha256 {_short(prov['sha256'])}, "
+                        f"{prov['bytes'] / 1e3:.0f} kB)",
+        "columns": ", ".join(prov["columns"]),
+        "rows": f"{prov['rows']['source']} in the source, {prov['rows']['curated']} curated",
+        "rows dropped": dropped or "none",
+    }
+    table = pd.DataFrame({"field": list(fields), "value": list(fields.values())})
+    return table, list(prov["cleaning"])
+
+
+def role_overlap() -> pd.DataFrame:
+    """For every pair of roles, how many normalised texts (over all text columns) they share."""
+    import itertools
+
+    from .. import data
+    from ..curate import role_keys
+
+    keys: dict[str, set[str]] = {}
+    for name in data.available():
+        frame = data.load(name)
+        keys.setdefault(data.DATASETS[name].role, set()).update(
+            role_keys(frame.to_dict(orient="records")))
+    return pd.DataFrame([
+        {"role A": a, "role B": b, "texts in A": len(keys[a]), "texts in B": len(keys[b]),
+         "shared texts": len(keys[a] & keys[b])}
+        for a, b in itertools.combinations(data.ROLES, 2)
+    ])
+
+
+def dataset_card_html(name: str) -> str:
+    """A collapsible card for data set ``name``: provenance table and numbered cleaning steps."""
+    import html
+
+    from .. import data
+
+    table, cleaning = dataset_card(name)
+    prov = data.provenance(name)
+    steps = "".join(f"<li>{html.escape(step)}</li>" for step in cleaning)
+    return (f"<details class='detox-card'><summary><strong>{html.escape(name)}</strong>: "
+            f"{html.escape(prov['role'])}, {prov['rows']['curated']} rows from "
+            f"{html.escape(prov['package'])}=={html.escape(prov['version'])}</summary>"
+            f"{html_table(table)}<p>Cleaning applied, in order:</p><ol>{steps}</ol></details>")
+
+
+VALIDATION_FILE = RESULTS / "evaluators" / "validation.json"
+
+
+def read_validation(path: str | Path = VALIDATION_FILE) -> dict:
+    """The evaluator validation record (``python -m detox_utils.validate_evaluators`` writes it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; run `python -m detox_utils.validate_evaluators`")
+    record = json.loads(path.read_text(encoding="utf-8"))
+    if not record.get("evaluators"):
+        raise ValueError(f"{path} holds no evaluator")
+    return record
+
+
+def evaluator_cards(validation: dict) -> pd.DataFrame:
+    """What each evaluator is: package, licence, the score used, its text window; the evaluators
+    `detox_utils.evaluators` knows but that were not validated (no checkpoint) say what they need."""
+    from .. import evaluators
+
+    rows = []
+    for name, entry in validation["evaluators"].items():
+        prov = entry["provenance"]
+        rows.append({
+            "evaluator": name,
+            "package": f"{prov['package']}=={prov['version']}",
+            "licence": prov["licence"],
+            "score used as P(toxic)": prov["p_toxic"],
+            "longest text seen at once": (f"{prov['max_tokens']} words; longer texts: max over windows"
+                                          if prov.get("max_tokens") else "no limit (bag of words)"),
+        })
+    needs = evaluators.requirements()
+    for name in evaluators.available():
+        if name not in validation["evaluators"]:
+            rows.append({"evaluator": name, "package": name, "licence": "",
+                         "score used as P(toxic)": "not validated here: needs " + needs[name].split(":")[0],
+                         "longest text seen at once": ""})
+    return pd.DataFrame(rows)
+
+
+def _operating_point(entry: dict, positives: int, rows: int) -> tuple[float, float]:
+    """(false positive rate, true positive rate) of an evaluator at the validation threshold."""
+    tp = entry["recall"] * positives
+    flagged = entry["positive_rate"] * rows
+    return (flagged - tp) / (rows - positives), entry["recall"]
+
+
+def evaluator_validation_table(validation: dict) -> pd.DataFrame:
+    """AUROC (95% bootstrap CI), average precision and the decision at the threshold, per evaluator,
+    best AUROC first."""
+    n, pos = validation["data"]["rows"], validation["data"]["positives"]
+    thr = validation["threshold"]
+    rows = []
+    for name, e in sorted(validation["evaluators"].items(), key=lambda kv: -kv[1]["auroc"]):
+        fpr, _ = _operating_point(e, pos, n)
+        rows.append({
+            "evaluator": name,
+            "AUROC": f"{e['auroc']:.3f}",
+            "95% CI": f"{e['auroc_lo']:.3f}–{e['auroc_hi']:.3f}",
+            "average precision": f"{e['average_precision']:.3f}",
+            f"flagged at ≥ {thr}": f"{e['positive_rate']:.1%}",
+            "precision": "–" if e["precision"] is None else f"{e['precision']:.3f}",
+            "recall (insults flagged)": f"{e['recall']:.3f}",
+            "false positive rate": f"{fpr:.3f}",
+            "F1": "–" if e["f1"] is None else f"{e['f1']:.3f}",
+        })
+    return pd.DataFrame(rows)
+
+
+def plot_evaluator_validation(validation: dict):
+    """Two panels: ROC curves (the threshold's operating point marked) and the share of comments each
+    evaluator flags at the threshold against the true share of insults."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    n, pos = validation["data"]["rows"], validation["data"]["positives"]
+    thr = validation["threshold"]
+    order = sorted(validation["evaluators"], key=lambda k: -validation["evaluators"][k]["auroc"])
+    colours = dict(zip(order, sns.color_palette("colorblind", len(order))))
+    with plt.rc_context({"font.size": 11}):
+        fig, (roc, bars) = plt.subplots(1, 2, figsize=(11, 4.8), gridspec_kw={"width_ratios": [1.15, 1]})
+        for name in order:
+            e = validation["evaluators"][name]
+            roc.plot(e["roc"]["fpr"], e["roc"]["tpr"], color=colours[name], lw=2,
+                     label=f"{name} (AUROC {e['auroc']:.2f})")
+            roc.plot(*_operating_point(e, pos, n), "o", color=colours[name], ms=7, mec="black")
+        roc.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
+        roc.plot([], [], "o", color="white", mec="black", label=f"score ≥ {thr}")
+        roc.set(xlim=(0, 1), ylim=(0, 1.01), aspect="equal",
+                xlabel="False positive rate (non-insults flagged)",
+                ylabel="True positive rate (insults flagged)",
+                title=f"ROC, n = {n} comments ({pos} insults)")
+        roc.legend(loc="lower right", fontsize=9)
+        rates = pd.DataFrame({"evaluator": order,
+                              "flagged": [validation["evaluators"][k]["positive_rate"] for k in order]})
+        sns.barplot(rates, y="evaluator", x="flagged", hue="evaluator", palette=colours, legend=False,
+                    ax=bars)
+        bars.axvline(pos / n, color="black", ls="--", lw=1.2, label=f"true share of insults ({pos / n:.0%})")
+        bars.legend(loc="lower right", fontsize=9)
+        for i, value in enumerate(rates["flagged"]):
+            bars.text(value, i, f" {value:.0%}", va="center", fontsize=10)
+        bars.set(xlim=(0, max(rates["flagged"].max(), pos / n) * 1.25), ylabel="",
+                 xlabel=f"Share of the {n} comments flagged (score ≥ {thr})",
+                 title="How much each evaluator flags")
+        bars.xaxis.set_major_formatter(plt.matplotlib.ticker.PercentFormatter(1.0, decimals=0))
+        sns.despine(fig)
+        fig.tight_layout()
+    return fig

@@ -1,0 +1,141 @@
+"""The page "Claims side by side (first grid)" (book/claims.md): each claim of the two papers with
+what the first grid measured and a rule-based verdict, and the forest plot of reduction factors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .common import METHOD_ORDER, grid_folder, reductions, runs
+from .cross_evaluator import underestimation_by_run
+from .localization import load_localization
+def claims_table(folder: str | Path | None = None, alpha: float = 0.05,
+                 max_ppl_increase: float = 0.25) -> pd.DataFrame:
+    """Each claim of the two papers next to what this compendium measured in ``folder`` (default
+    `grid_folder`), with a rule-based verdict (the rules are in the code below, so the verdict is as
+    reproducible as the numbers)."""
+    folder = grid_folder() if folder is None else folder
+    loc = [r for r in load_localization() if r["config"]["score"] == "auroc"]
+    df = runs(folder)
+    red = reductions(folder, evaluators=["max"])
+    rows = []
+
+    def add(claim, source, reported, measured, verdict):
+        rows.append({"claim": claim, "source": source, "paper reports": reported,
+                     "measured here": measured, "verdict": verdict})
+
+    tests = {r["model"]: r["summary"]["post"]["early_test"] for r in loc}
+    supported = [m for m, t in tests.items() if t["p_permutation"] < alpha]
+    add("Toxicity is disproportionately encoded in early MLP layers", "Beniwal & Singh 2026",
+        "qualitative (abstract)",
+        "; ".join(f"{m}: early-third mean {t['early_mean']:.3f} vs rest {t['rest_mean']:.3f}, "
+                  f"permutation p = {t['p_permutation']:.3g}, Spearman rho = {t['spearman_rho']:.2f}"
+                  for m, t in tests.items()),
+        "reproduces" if len(supported) == len(tests) else
+        ("partly: only " + ", ".join(supported)) if supported else "does not reproduce")
+
+    depth = {}
+    for r in loc:
+        point = np.asarray(r["summary"]["post"]["layer_score"]["point"])
+        depth[r["model"]] = float(np.argmax(point) / (len(point) - 1))
+    spread = max(depth.values()) - min(depth.values()) if depth else 0.0
+    add("Where toxicity sits varies across architectures", "Beniwal & Singh 2026",
+        "qualitative (abstract)",
+        "relative depth of the layer with most toxic-selective neurons: " +
+        ", ".join(f"{m} {d:.2f}" for m, d in depth.items()),
+        "reproduces" if spread >= 0.2 else "not distinguishable at this resolution")
+
+    under = underestimation_by_run(df, "tox_prob")
+    best = under.min(axis=1)
+    add("A single evaluator systematically underestimates risk", "Beniwal & Singh 2026",
+        "qualitative (abstract)",
+        f"in {(best > 0).mean():.0%} of {len(best)} runs even the best single evaluator reports a "
+        f"lower toxicity probability than the union; mean shortfall {best.mean():.2f}",
+        "reproduces" if (best > 0).mean() >= 0.5 else "does not reproduce")
+
+    def factor_text(sub: pd.DataFrame) -> str:
+        return "; ".join(f"{r.model}/{r.benchmark}: {r.tox_prob_ratio:.2f}x "
+                         f"[{r.tox_prob_ratio_lo:.2f}, {r.tox_prob_ratio_hi:.2f}], "
+                         f"Δppl {r.dppl:+.2f} ({r.rel_ppl:+.0%})" for r in sub.itertuples())
+
+    red = red.assign(rel_ppl=red.dppl / (red.ppl - red.dppl))
+    acceptable = red.rel_ppl <= max_ppl_increase
+
+    def verdict(sub: pd.DataFrame) -> str:
+        significant = sub.tox_prob_ratio_lo > 1
+        good = sub[significant & (sub.rel_ppl <= max_ppl_increase)]
+        cells = sub.groupby(["model", "benchmark"]).ngroups
+        if len(good):
+            hits = good.groupby(["model", "benchmark"]).ngroups
+            return (f"reproduces in {hits} of {cells} model/benchmark pairs (no correction for "
+                    "multiple comparisons)")
+        if significant.any():
+            return f"only at a perplexity cost above {max_ppl_increase:.0%}"
+        return "no significant reduction at this sample size"
+
+    aura = red[(red.method == "aura") & (~red.preprompt)]
+    if len(aura):
+        add("AURA reduces toxicity up to 2.2x at +0.72 perplexity", "Suau et al. 2024",
+            "up to 2.2x, +0.72 PPL", factor_text(aura), verdict(aura))
+    pre = red[red.method.isin(["none", "aura"]) & red.preprompt]
+    if len(aura) and len(pre):
+        aura_pre = pre[pre.method == "aura"]
+        a, b = aura.tox_prob_ratio.replace(np.inf, np.nan).mean(), \
+            aura_pre.tox_prob_ratio.replace(np.inf, np.nan).mean()
+        add("Pre-prompting lifts AURA's average mitigation from 1.28x to 2.35x", "Suau et al. 2024",
+            "1.28x → 2.35x", f"mean factor {a:.2f}x → {b:.2f}x (toxicity probability, max over "
+            "evaluators)", "reproduces" if b > a else "does not reproduce")
+    for method, name in (("meow2x", "Meow2X"), ("trne", "TRNE")):
+        sub = red[(red.method == method) & (~red.preprompt)]
+        if not len(sub):
+            continue
+        pool = sub[acceptable.loc[sub.index]] if acceptable.loc[sub.index].any() else sub
+        top = pool.sort_values("tox_prob_ratio", ascending=False).groupby(
+            ["model", "benchmark"]).head(1)
+        add(f"{name} reduces toxicity without retraining", "Beniwal & Singh 2026",
+            "qualitative (abstract)",
+            f"strongest setting with perplexity +{max_ppl_increase:.0%} or less, per model/benchmark: "
+            + factor_text(top), verdict(sub))
+    return pd.DataFrame(rows)
+
+
+def plot_reduction_forest(red: pd.DataFrame, max_ppl_increase: float = 0.25):
+    """Reduction factor (toxicity probability, max over evaluators) with its paired-bootstrap CI for
+    every setting, one panel per model; hollow markers where perplexity rose by more than
+    ``max_ppl_increase``."""
+    import matplotlib.pyplot as plt
+
+    sub = red[(red.evaluator == "max") & (~red.preprompt)].copy()
+    sub["rel_ppl"] = sub.dppl / (sub.ppl - sub.dppl)
+    sub["order"] = sub.method.map({m: i for i, m in enumerate(METHOD_ORDER)})
+    labels = sub.sort_values(["order", "label"]).label.unique().tolist()
+    models = sorted(sub.model.unique())
+    benches = sorted(sub.benchmark.unique())
+    fig, axes = plt.subplots(1, len(models), figsize=(5.4 * len(models), 0.42 * len(labels) + 1.6),
+                             sharey=True, squeeze=False)
+    for ax, model in zip(axes[0], models):
+        for j, bench in enumerate(benches):
+            g = sub[(sub.model == model) & (sub.benchmark == bench)].set_index("label")
+            for i, label in enumerate(labels):
+                if label not in g.index:
+                    continue
+                r = g.loc[label]
+                y = i + (j - (len(benches) - 1) / 2) * 0.25
+                ratio = min(r.tox_prob_ratio, 20.0)
+                lo, hi = min(r.tox_prob_ratio_lo, 20.0), min(r.tox_prob_ratio_hi, 20.0)
+                color = f"C{j}"
+                ax.plot([lo, hi], [y, y], color=color, lw=1.2)
+                ax.plot(ratio, y, "o", color=color,
+                        mfc=color if r.rel_ppl <= max_ppl_increase else "white",
+                        label=bench if i == 0 else None)
+        ax.axvline(1, color="grey", ls=":")
+        ax.set_xscale("log")
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set_xlabel("reduction factor of toxicity probability (log; >1 = less toxic)")
+        ax.set_title(model, fontsize=10)
+    axes[0][0].invert_yaxis()  # the y axis is shared: invert it once, first method on top
+    axes[0][0].legend(fontsize=8, loc="lower right",
+                      title=f"hollow: perplexity +>{max_ppl_increase:.0%}", title_fontsize=8)
+    fig.tight_layout()
+    return fig

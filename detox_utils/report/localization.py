@@ -1,0 +1,112 @@
+"""The page "Localization" (book/localization.md) and notebooks/localize.ipynb: reading localization
+records and plotting where the toxicity-selective units sit by layer and site."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .common import RESULTS
+SITE_LABELS = {"pre": "pre (gate / c_fc output)", "up": "up (GLU up_proj output)",
+               "post": "post (MLP neurons)", "out": "out (MLP output)"}
+
+
+def read_localization(path: str | Path) -> dict:
+    """One localization record (a file written by `experiment.write_localization`)."""
+    return json.loads(Path(path).read_text())
+
+
+def load_localization(folder: str | Path = RESULTS / "localization") -> list[dict]:
+    """The localization records of the book's settings (written by notebooks/localize.ipynb with its
+    defaults), sorted by file name; results of other settings (``...__<hash>.json``) are left out."""
+    paths = sorted(p for p in Path(folder).glob("*.json") if p.stem.count("__") == 1)
+    if not paths:
+        raise FileNotFoundError(f"no localization results in {folder}; run notebooks/localize.ipynb")
+    return [json.loads(p.read_text()) for p in paths]
+
+
+def _score_label(record: dict) -> str:
+    cfg = record["config"]
+    if cfg["reduce"] == "frac_above":
+        return f"share of units with {cfg['score']} > {cfg['threshold']}"
+    return f"{cfg['reduce']} of unit {cfg['score']}"
+
+
+def plot_layer_scores(record: dict, ax=None):
+    """Per-layer score of each site with its bootstrap CI band."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(7, 3.6))[1]
+    for site, summ in record["summary"].items():
+        ls = summ["layer_score"]
+        x = np.arange(summ["n_layers"])
+        ax.plot(x, ls["point"], marker="o", ms=3, label=SITE_LABELS.get(site, site))
+        ax.fill_between(x, ls["lo"], ls["hi"], alpha=0.2)
+    ci = int(100 * next(iter(record["summary"].values()))["layer_score"]["ci"])
+    _integer_layers(ax)
+    ax.set_xlabel("layer (0 = first)")
+    ax.set_ylabel(_score_label(record))
+    ax.set_title(f"{record['model']}: {record['n_toxic']} toxic vs {record['n_neutral']} neutral "
+                 f"texts, {ci}% bootstrap CI", fontsize=10)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_layer_heatmap(record: dict, ax=None):
+    """Sites x layers heatmap of the per-layer score."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    table = pd.DataFrame({SITE_LABELS.get(site, site): summ["layer_score"]["point"]
+                          for site, summ in record["summary"].items()}).T
+    ax = ax or plt.subplots(figsize=(9, 0.6 + 0.45 * len(table)))[1]
+    sns.heatmap(table, ax=ax, cmap="rocket_r", cbar_kws={"label": _score_label(record)})
+    ax.set_xlabel("layer")
+    ax.set_title(f"{record['model']}: where toxicity-selective units sit", fontsize=10)
+    return ax
+
+
+def plot_unit_distribution(record: dict, site: str, ax=None):
+    """Per-layer distribution of the unit scores at one site (median, 25-75% and 5-95% bands)."""
+    import matplotlib.pyplot as plt
+
+    summ = record["summary"][site]
+    q = {float(k): np.asarray(v) for k, v in summ["quantiles"].items()}
+    x = np.arange(summ["n_layers"])
+    ax = ax or plt.subplots(figsize=(7, 3.4))[1]
+    ax.fill_between(x, q[0.05], q[0.95], alpha=0.2, label="5-95%")
+    ax.fill_between(x, q[0.25], q[0.75], alpha=0.4, label="25-75%")
+    ax.plot(x, q[0.5], color="k", lw=1, label="median")
+    if record["config"]["score"] == "auroc":
+        ax.axhline(0.5, color="grey", ls=":", lw=1, label="chance (0.5)")
+    _integer_layers(ax)
+    ax.set_xlabel("layer (0 = first)")
+    ax.set_ylabel(f"unit {record['config']['score']} (toxic vs neutral)")
+    ax.set_title(f"{record['model']} / {SITE_LABELS.get(site, site)}: {summ['n_units']} units per "
+                 f"layer, {record['n_toxic']} toxic vs {record['n_neutral']} neutral texts", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return ax
+
+
+def _integer_layers(ax) -> None:
+    """Layers are whole numbers: no 2.5 ticks on a layer axis."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def early_test_table(records: list[dict]) -> pd.DataFrame:
+    """One row per model and site: the early-layer test's statistics."""
+    rows = []
+    for rec in records:
+        for site, summ in rec["summary"].items():
+            t = summ["early_test"]
+            rows.append({"model": rec["model"], "site": site, "layers": t["n_layers"],
+                         "early layers": f"0-{t['early_layers'][-1]}",
+                         "early mean": t["early_mean"], "rest mean": t["rest_mean"],
+                         "p (permutation)": t["p_permutation"],
+                         "Spearman rho (layer, score)": t["spearman_rho"],
+                         "p (Spearman)": t["p_spearman"], "verdict": t.get("verdict", "")})
+    return pd.DataFrame(rows)

@@ -1,0 +1,51 @@
+"""The report package: every ``report.<name>`` the book pages, notebooks and tests use exists, and the
+grid folder the pages read is one setting (``$DETOX_RESULTS``)."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from detox_utils import report
+from detox_utils._io import REPO_ROOT
+
+USED = re.compile(r"\breport\.([A-Za-z_]\w*)")
+
+
+def test_every_name_the_pages_notebooks_and_tests_use_is_exported():
+    sources = [*(REPO_ROOT / "book").glob("*.md"), *(REPO_ROOT / "notebooks").glob("*.ipynb"),
+               *(REPO_ROOT / "tests").glob("test_*.py")]
+    used = {name for path in sources for name in USED.findall(path.read_text(encoding="utf-8"))}
+    assert {"runs", "html_table", "load_localization", "model_cards"} <= used
+    assert sorted(name for name in used if not hasattr(report, name)) == []
+
+
+def test_grid_folder_is_results_default_unless_the_variable_is_set(tmp_path):
+    assert report.grid_folder({}) == report.DEFAULT_GRID == REPO_ROOT / "results" / "default"
+    assert report.grid_folder({report.RESULTS_ENV: ""}) == report.DEFAULT_GRID
+    assert report.grid_folder({report.RESULTS_ENV: str(tmp_path)}) == tmp_path
+    assert report.grid_folder({report.RESULTS_ENV: "results/localization"}) == \
+        REPO_ROOT / "results" / "localization"
+
+
+def test_grid_folder_names_the_variable_when_the_folder_is_missing(tmp_path):
+    with pytest.raises(NotADirectoryError, match=r"\$DETOX_RESULTS='.*nowhere' is not a folder"):
+        report.grid_folder({report.RESULTS_ENV: str(tmp_path / "nowhere")})
+
+
+def test_runs_read_the_folder_the_variable_names(monkeypatch, tmp_path):
+    monkeypatch.setenv(report.RESULTS_ENV, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=f"no ok results in {tmp_path}"):
+        report.runs()
+
+
+def test_build_refuses_a_missing_results_folder_before_running_jupyter_book(tmp_path):
+    with pytest.raises(NotADirectoryError, match="is not a folder"):
+        report.build.build(results=tmp_path / "nowhere")
+
+
+def test_the_fingerprint_depends_on_the_grid_folder(tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "detox_utils").mkdir()
+    assert report.inputs_fingerprint(tmp_path, grid=tmp_path / "a") != \
+        report.inputs_fingerprint(tmp_path, grid=tmp_path / "b")
