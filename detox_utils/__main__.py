@@ -1,7 +1,8 @@
 """Command line: ``python -m detox_utils batch --profile NAME --out DIR [--jobs N] [--scheduler ADDR]
 [--device DEV] [--dry-run]``, ``python -m detox_utils verify --out DIR [--runs HASH ...] [--n N]``,
 ``python -m detox_utils cache [--clear KIND]``, ``python -m detox_utils export --model M --method NAME
---out DIR [--param k=v ...]`` (an edited model as a plain transformers folder) and ``python -m detox_utils run NOTEBOOK OUTPUT -p NAME
+--out DIR [--param k=v ...]`` (an edited model as a plain transformers folder), ``python -m detox_utils
+explore --model M [--n-contrast N] [--out DIR]`` (the neuron explorer's record of a model) and ``python -m detox_utils run NOTEBOOK OUTPUT -p NAME
 VALUE ...`` (papermill, refusing parameters the notebook does not declare).
 
 A user error (a bad profile, option, folder or file) ends with exit status 2 and one line on stderr
@@ -72,7 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--results", default=None,
                    help="grid folder whose runs of this model and setting go on the card's 'Measured'")
     e.add_argument("--device", default="cpu", help="torch device for the fit (default cpu)")
+    x = sub.add_parser("explore", help="the neuron explorer: a model's most toxicity-selective MLP units, "
+                                       "their top contrast texts and the tokens they promote")
+    x.add_argument("--model", required=True, help="packaged model name, hub id or local folder")
+    x.add_argument("--n-contrast", type=int, default=400, help="contrast texts per class (default 400)")
+    x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--out", default="results/explorer", help="result folder (default: %(default)s)")
+    x.add_argument("--device", default="cpu", help="torch device (default cpu)")
     args = parser.parse_args(argv)
+    if args.command == "explore":
+        return _explore(args)
     if args.command == "export":
         return _export(args)
     if args.command == "cache":
@@ -125,6 +135,19 @@ def _export(args: argparse.Namespace) -> int:
     try:
         out = export.main(args.model, args.method, args.out, params, n_contrast=args.n_contrast,
                           seed=args.seed, results_dir=args.results, device=args.device)
+    except USER_ERRORS as exc:
+        return _user_error(exc)
+    print(f"wrote {out}")
+    return 0
+
+
+def _explore(args: argparse.Namespace) -> int:
+    from . import explorer
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        out = explorer.main(args.model, args.out, n_contrast=args.n_contrast, seed=args.seed,
+                            device=args.device)
     except USER_ERRORS as exc:
         return _user_error(exc)
     print(f"wrote {out}")
