@@ -66,14 +66,14 @@ class ExploreConfig:
     def __post_init__(self) -> None:
         sites = (self.sites,) if isinstance(self.sites, str) else tuple(self.sites)
         object.__setattr__(self, "sites", sites)
+        for name, least in (("n_contrast", 2), ("k_units", 1), ("k_texts", 1), ("k_tokens", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
         # the recording settings are checked by the localization's own config
         LocalizeConfig(model=self.model, sites=sites, n_toxic=self.n_contrast, n_neutral=self.n_contrast,
                        max_length=self.max_length, batch_size=self.batch_size, seed=self.seed,
                        dtype=self.dtype)
-        for name in ("k_units", "k_texts", "k_tokens"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
     @property
     def localize(self) -> LocalizeConfig:
