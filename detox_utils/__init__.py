@@ -2,7 +2,8 @@
 
 One module per pipeline stage:
 
-- `models`        load packaged, hub or local causal LMs; the architecture table (`archs`)
+- `models`        load packaged, hub or local causal LMs; the architecture table (`archs`);
+                  the packaged GGUF models and their conversion (`packaged`)
 - `data`          curated toxic / neutral text with provenance, disjoint splits
 - `evaluators`    offline toxicity classifiers with one `.score(texts)` interface
 - `activations`   record pooled MLP unit responses

@@ -3,7 +3,7 @@ the zero-shot task names. Torch-free, so the config can check a run before any m
 the report can label it without importing the pipeline.
 
 Where the other concepts are declared: data sets and benchmarks in `detox_utils.data.DATASETS` (by
-role), evaluators in `detox_utils.evaluators`, packaged models in `detox_utils.models.PACKAGED`,
+role), evaluators in `detox_utils.evaluators`, packaged models in `detox_utils.packaged.PACKAGED`,
 architectures in `detox_utils.archs.ARCHS`, experiment grids in ``profiles.yaml``.
 To add a method: one `MethodSpec` here, plus its class (with its fit recipe, ``_fit``) in a module of
 `detox_utils.interventions`, entered in `detox_utils.interventions.METHODS`.

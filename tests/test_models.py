@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from detox_utils import _io, models
+from detox_utils import packaged as packaged_models
 
 PROMPTS = ["The capital of France is", "Hi"]
 
@@ -185,7 +186,7 @@ def fake_dequantize(monkeypatch):
         tiny = models.tiny("llama")
         return tiny.model, tiny.tokenizer
 
-    monkeypatch.setattr(models, "_dequantize", fake)
+    monkeypatch.setattr(packaged_models, "_dequantize", fake)
     return calls
 
 
@@ -216,7 +217,7 @@ def test_cache_dir_follows_the_environment(fake_dequantize, tmp_path, monkeypatc
 
 def test_stale_cache_version_is_rebuilt(fake_dequantize, monkeypatch):
     models.load("smollm2-135m")
-    monkeypatch.setattr(models, "_CACHE_VERSION", models._CACHE_VERSION + 1)
+    monkeypatch.setattr(packaged_models, "_CACHE_VERSION", packaged_models._CACHE_VERSION + 1)
     assert not models.load("smollm2-135m").provenance["cache_hit"]
     assert len(fake_dequantize) == 2
 
@@ -225,7 +226,7 @@ def test_failed_conversion_leaves_nothing_behind(monkeypatch):
     def broken(gguf_path):
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(models, "_dequantize", broken)
+    monkeypatch.setattr(packaged_models, "_dequantize", broken)
     with pytest.raises(RuntimeError, match="interrupted"):
         models.load("smollm2-135m")
     left = [p.name for p in _io.cache_dir("models").iterdir() if not p.name.endswith(".lock")]

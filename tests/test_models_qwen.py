@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from detox_utils import _io, models, report
+from detox_utils import _io, models, packaged, report
 
 QWEN = "qwen2.5-coder-0.5b"
 QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
@@ -84,7 +84,7 @@ def fake_dequantize(monkeypatch):
         tiny = models.tiny("llama")
         return tiny.model, tiny.tokenizer
 
-    monkeypatch.setattr(models, "_dequantize", fake)
+    monkeypatch.setattr(packaged, "_dequantize", fake)
     return calls
 
 
@@ -199,7 +199,7 @@ def test_gemma3_still_goes_through_its_package_assembler(fake_dequantize):
 def test_caches_written_before_the_parts_models_stay_valid():
     """A cached folder whose provenance has no ``packages`` field (written by the code before this
     change) is still a cache hit: the cache version did not change."""
-    assert models._CACHE_VERSION == 1
+    assert packaged._CACHE_VERSION == 1
     folder = _io.cache_dir("models") / "smollm2-135m"
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")

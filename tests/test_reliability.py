@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from detox_utils import _io, activations, config, models, results
+from detox_utils import _io, activations, config, models, packaged, results
 from detox_utils.__main__ import main
 from detox_utils.config import ConfigError, EvalConfig, LocalizeConfig
 
@@ -36,7 +36,7 @@ def fake_dequantize(monkeypatch):
         tiny = models.tiny("llama")
         return tiny.model, tiny.tokenizer
 
-    monkeypatch.setattr(models, "_dequantize", fake)
+    monkeypatch.setattr(packaged, "_dequantize", fake)
     return calls
 
 
