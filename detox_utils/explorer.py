@@ -241,6 +241,20 @@ def _promoted(lm, units: Sequence[tuple[str, int, int]], k: int) -> list[dict[st
     return found
 
 
+def _count_in_texts(lm, writes: list[dict[str, Any] | None], toxic: list[str], neutral: list[str],
+                    max_length: int) -> None:
+    """Add to every promoted and suppressed token how often it occurs in the toxic and the neutral
+    contrast texts (tokenized as recorded), as ``in_toxic`` and ``in_neutral``."""
+    from collections import Counter
+
+    counts = {label: Counter(i for ids in lm.tokenizer(texts, truncation=True, max_length=max_length)
+                             ["input_ids"] for i in ids)
+              for label, texts in (("in_toxic", toxic), ("in_neutral", neutral))}
+    for write in filter(None, writes):
+        for entry in write["promoted"] + write["suppressed"]:
+            entry.update({label: count[entry["id"]] for label, count in counts.items()})
+
+
 def explore(cfg: ExploreConfig, lm, progress: bool = True) -> dict[str, Any]:
     """The explorer record of ``lm`` (a `models.LoadedModel`): top units with their texts, peak tokens
     and promoted tokens, the random draw, and layer counts of both. JSON-ready."""
@@ -264,6 +278,7 @@ def explore(cfg: ExploreConfig, lm, progress: bool = True) -> dict[str, Any]:
                                                  cfg.batch_size)
     row_of = {t: r for r, t in enumerate(chosen)}
     writes = _promoted(lm, units, cfg.k_tokens)
+    _count_in_texts(lm, writes, toxic, neutral, cfg.max_length)
     top = []
     for col, ((site, layer, unit, score), write) in enumerate(zip(best, writes)):
         tops = []

@@ -135,6 +135,11 @@ def test_explore_on_a_tiny_model_agrees_with_the_localization(tiny_llama, tmp_pa
             assert t["peak"] == pytest.approx(t["pooled"], rel=1e-4, abs=1e-5)  # the peak token is the max
             assert t["token"] and t["token"] in t["text"]
         assert (unit["write"] is None) == (unit["site"] == "out")
+        if unit["write"]:
+            for entry in unit["write"]["promoted"]:
+                ids_t = [tiny_llama.tokenizer(t, truncation=True, max_length=cfg.max_length)["input_ids"]
+                         for t in toxic]
+                assert entry["in_toxic"] == sum(ids.count(entry["id"]) for ids in ids_t)
     assert sum(found["layer_counts"]["top"]) == sum(found["layer_counts"]["random"]) == 6
     assert len({(u["site"], u["layer"], u["unit"]) for u in found["random"]}) == 6
 
