@@ -42,3 +42,12 @@ def _isolated_cache(request, tmp_path, monkeypatch):
     if request.node.get_closest_marker("realcache"):
         return
     monkeypatch.setenv("DETOX_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory):
+    """The book built strictly once per session into a temporary folder (tests/_book.py), shared by
+    tests/test_book.py and tests/test_browser.py: (html folder, build log)."""
+    from _book import build_book
+
+    return build_book(tmp_path_factory.mktemp("book"))

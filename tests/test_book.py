@@ -1,11 +1,11 @@
 """The Jupyter Book builds strictly and its pages are whole; helpers of the book pages and screenshots.
 
-The slow test builds the whole book (`jupyter-book build --all -W -n --keep-going`, as
-`python -m detox_utils.report build` does) into a temporary folder, with a fresh execution cache so
-that every notebook page really runs, and checks that every page of `_toc.yml` was written, that the
-result pages (the part captioned "Results") and the evaluator page carry figures, that no page shows
-an error, a traceback or stderr output, and that the build emitted no warning. New pages are picked up
-from `_toc.yml` automatically.
+The slow tests read the book built once per session (`built_book` in conftest.py, tests/_book.py:
+`jupyter-book build --all -W -n --keep-going`, as `python -m detox_utils.report build` does, into a
+temporary folder with a fresh execution cache so that every notebook page really runs) and check
+that every page of `_toc.yml` was written, that the result pages (the part captioned "Results") and
+the evaluator page carry figures, that no page shows an error, a traceback or stderr output, and that
+the build emitted no warning. New pages are picked up from `_toc.yml` automatically.
 """
 from __future__ import annotations
 
@@ -13,9 +13,6 @@ import gzip
 import json
 import math
 import re
-import shutil
-import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -26,9 +23,10 @@ import yaml
 from detox_utils import data, report, screenshots
 from detox_utils._io import REPO_ROOT
 
+from _book import has_source as _has_source  # the build itself: conftest.py's `built_book`
+
 PAGES_WITH_FIGURES_PART = "Results"
 EXTRA_PAGES_WITH_FIGURES = ("book/evaluators",)
-BUILD_TIMEOUT_S = 900
 # a Sphinx/docutils warning line ("path:line: WARNING: ..." or "WARNING: ..."); the kernel's own
 # "[IPKernelApp] WARNING | ..." notice is not one
 SPHINX_WARNING = re.compile(r"(^|: )(WARNING|ERROR|CRITICAL): ", re.M)
@@ -40,26 +38,6 @@ def _toc_parts(toc: Path = REPO_ROOT / "_toc.yml") -> dict[str, list[str]]:
     spec = yaml.safe_load(toc.read_text(encoding="utf-8"))
     return {part.get("caption", ""): [c["file"] for c in part.get("chapters", []) if "file" in c]
             for part in spec.get("parts", [])}
-
-
-def _has_source(page: str) -> bool:
-    return any((REPO_ROOT / f"{page.removesuffix('.md')}{ext}").is_file() for ext in (".md", ".ipynb"))
-
-
-def _source_tree(tmp: Path) -> Path:
-    """The folder to build: the repository itself when every page of `_toc.yml` exists; otherwise a
-    copy of it with a one-line stub for each missing page, so that what exists is checked while the
-    book is being written (`test_every_page_of_the_real_toc_has_a_source` reports the missing ones)."""
-    missing = [p for p in screenshots.toc_pages() if not _has_source(p)]
-    if not missing:
-        return REPO_ROOT
-    copy = tmp / "source"
-    shutil.copytree(REPO_ROOT, copy, symlinks=True,
-                    ignore=shutil.ignore_patterns(".venv", ".git", "_build", "results", ".pytest_cache"))
-    (copy / "results").symlink_to(REPO_ROOT / "results", target_is_directory=True)
-    for page in missing:
-        (copy / f"{page}.md").write_text(f"# {Path(page).name} (not written yet)\n", encoding="utf-8")
-    return copy
 
 
 class _Outputs(HTMLParser):
@@ -98,27 +76,6 @@ def _parse(path: Path) -> _Outputs:
     parser = _Outputs()
     parser.feed(path.read_text(encoding="utf-8"))
     return parser
-
-
-@pytest.fixture(scope="module")
-def built_book(tmp_path_factory):
-    """Build the book strictly into a temporary folder; returns (html folder, build log)."""
-    tmp = tmp_path_factory.mktemp("book")
-    config = yaml.safe_load((REPO_ROOT / "_config.yml").read_text(encoding="utf-8"))
-    config.setdefault("execute", {})["cache"] = str(tmp / "jupyter_cache")  # fresh: every page runs
-    local = config.get("sphinx", {}).get("local_extensions") or {}
-    for name, folder in local.items():  # relative to the repository, not to the copied config
-        local[name] = str(REPO_ROOT / folder)
-    (tmp / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    source = _source_tree(tmp)
-    cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(source),
-           "--path-output", str(tmp), "--config", str(tmp / "_config.yml"),
-           "--all", "-W", "-n", "--keep-going"]
-    done = subprocess.run(cmd, cwd=source, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
-                          check=False)
-    log = done.stdout + done.stderr
-    assert done.returncode == 0, f"strict book build failed (exit {done.returncode}):\n{log[-6000:]}"
-    return tmp / "_build" / "html", log
 
 
 @pytest.mark.slow
