@@ -33,7 +33,13 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 
 venv: $(STAMP)
 
+# tests/test_browser.py needs Debian's chromium and chromium-driver: installed here when missing and root
+BROWSER := chromium chromium-driver
 test: $(STAMP)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { test "$$(id -u)" = 0 && \
+	command -v apt-get >/dev/null && { apt-get install -y $(BROWSER) || { apt-get update -qq && \
+	apt-get install -y $(BROWSER); }; }; } || echo "note: chromium/chromedriver missing and not installable \
+	here (as root: apt-get install -y $(BROWSER)); tests/test_browser.py will fail" >&2
 	$(PY) -m pytest -q -ra --durations=15
 
 test-fast: $(STAMP)
