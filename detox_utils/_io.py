@@ -13,7 +13,9 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
+
+T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
@@ -228,6 +230,43 @@ def file_lock(target: str | os.PathLike) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def compute_once(path: str | os.PathLike, read: Callable[[Path], T | None], compute: Callable[[Path], T]) -> T:
+    """Check, lock, check, compute: the expensive artefact at ``path``, made once also when several
+    processes (``batch --jobs N``, Dask workers on one disk) need it at the same time.
+
+    ``read(path)`` gives the artefact when it is there and can be trusted, else None. It is tried first,
+    and again after taking `file_lock` on ``path`` (another process may have made it meanwhile); only
+    when both give None does ``compute(path)`` make it, write it to ``path`` atomically and return it.
+    The lock is released on exit, also after an exception.
+    """
+    path = Path(path)
+    value = read(path)
+    if value is not None:
+        return value
+    with file_lock(path):
+        value = read(path)
+        return compute(path) if value is None else value
+
+
+def compute_once_file(path: str | os.PathLike, compute: Callable[[], T], *, kind: str,
+                      load: Callable[[Path], T], save: Callable[[T, Path], Any]) -> T:
+    """`compute_once` for one cache file of cache ``kind`` checked by its checksum sidecar: ``load(path)``
+    when the file matches its record (`verify_checksum`: no record, recompute; a mismatch raises
+    CacheIntegrityError), else ``compute()``, saved by ``save(value, tmp)`` to a temporary path that is
+    then moved onto ``path`` (`atomic_path`), with its checksum recorded (`write_checksum`)."""
+    def read(p: Path) -> T | None:
+        return load(p) if p.exists() and verify_checksum(p, kind) else None
+
+    def make(p: Path) -> T:
+        value = compute()
+        with atomic_path(p) as tmp:
+            save(value, tmp)
+        write_checksum(p)
+        return value
+
+    return compute_once(path, read, make)
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from . import data, evaluators, generation, interventions, metrics, models, results
-from ._io import cache_dir, file_lock, stable_hash, verify_checksum, write_checksum
+from ._io import cache_dir, compute_once, compute_once_file, stable_hash
 from .config import EvalConfig
 
 log = logging.getLogger(__name__)
@@ -44,24 +44,17 @@ def _fitted(cfg: EvalConfig, lm: models.LoadedModel, progress: bool):
     # keyed by the weights themselves: a changed folder, an updated hub model or a new GGUF is refitted
     key = stable_hash({**cfg.fit_key(), "weights": weight_fingerprint(lm.model)})
     path = cache_dir("interventions") / f"{cfg.method}-{key}.pt"
-    if _trusted(path, "interventions"):
+
+    def load(path: Path):
         log.info("loading fitted %s from %s", cfg.method, path)
         return interventions.load(path)
-    with file_lock(path):  # a concurrent run (batch --jobs N) may be fitting the same method
-        if _trusted(path, "interventions"):
-            return interventions.load(path)
+
+    def fit():
         toxic, neutral = data.contrast_texts(cfg.n_contrast, cfg.n_contrast, seed=cfg.seed)
-        method = interventions.fit(cfg.method, lm, toxic, neutral, progress=progress,
-                                   **cfg.method_params)
-        method.save(path)
-        write_checksum(path)
-    return method
+        return interventions.fit(cfg.method, lm, toxic, neutral, progress=progress, **cfg.method_params)
 
-
-def _trusted(path: Path, kind: str) -> bool:
-    """A cached file that exists and matches its recorded checksum (one without a record, written by
-    older code, is recomputed; a mismatch raises CacheIntegrityError naming the file)."""
-    return path.exists() and verify_checksum(path, kind)
+    # a concurrent run (batch --jobs N) may be fitting the same method: it is fitted once
+    return compute_once_file(path, fit, kind="interventions", load=load, save=lambda m, tmp: m.save(tmp))
 
 
 def generate(cfg: EvalConfig, lm: models.LoadedModel, method, progress: bool = True) -> pd.DataFrame:
@@ -106,14 +99,14 @@ def capability(cfg: EvalConfig, lm: models.LoadedModel, method, progress: bool =
                            "zeroshot": [list(cfg.zeroshot_tasks), cfg.n_zeroshot, cfg.seed],
                            "dtype": cfg.dtype, "version": CAPABILITY_VERSION})
         path = cache_dir("capability") / f"{lm.name.replace('/', '--')}-{key}.json"
-        cached = _read_capability(path, key)
-        if cached is not None:
-            log.info("capability of this edit read from %s", path)
-            return cached
-        with file_lock(path):
+
+        def read(path: Path) -> dict[str, Any] | None:
             cached = _read_capability(path, key)
             if cached is not None:
-                return cached
+                log.info("capability of this edit read from %s", path)
+            return cached
+
+        def measure(path: Path) -> dict[str, Any]:
             out: dict[str, Any] = {"perplexity": metrics.perplexity(lm, ppl_texts, prefix=cfg.ppl_prefix,
                                                                     progress=progress)}
             if cfg.n_zeroshot:
@@ -123,7 +116,9 @@ def capability(cfg: EvalConfig, lm: models.LoadedModel, method, progress: bool =
                     lm, tasks=cfg.zeroshot_tasks, n=cfg.n_zeroshot, seed=cfg.seed, progress=progress,
                     per_item=True).items()}
             atomic_write_json(path, {"key": key, "record": out, "check": stable_hash(out)})
-    return out
+            return out
+
+        return compute_once(path, read, measure)
 
 
 def _compact_items(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -315,21 +315,27 @@ def _packaged_folder(name: str) -> tuple[Path, dict]:
     (`_verify_folder`); a damaged file raises CacheIntegrityError. A folder written before checksums
     were recorded is re-verified once (`_reverify`: the GGUF is dequantized again and compared exactly
     with the cached weights and files) and its checksums are then recorded."""
-    folder = _io.cache_dir("models") / name
-    provenance = _cached(folder)
-    if provenance is not None and "files" in provenance:
+    spec = PACKAGED[name]
+
+    def verified(folder: Path) -> tuple[Path, dict] | None:
+        provenance = _cached(folder)
+        if provenance is None or "files" not in provenance:
+            return None
         _verify_folder(folder, provenance)
         return folder, {**provenance, "cache_hit": True}
-    clean_leftovers()
-    with _io.file_lock(folder):  # another process may be converting the same model
+
+    def make(folder: Path) -> tuple[Path, dict]:
         provenance = _cached(folder)
         if provenance is None:
-            return folder, {**_convert(PACKAGED[name], folder), "cache_hit": False}
-        if "files" not in provenance:
-            provenance = _reverify(PACKAGED[name], folder, provenance)
-        else:
-            _verify_folder(folder, provenance)
-    return folder, {**provenance, "cache_hit": True}
+            return folder, {**_convert(spec, folder), "cache_hit": False}
+        return folder, {**_reverify(spec, folder, provenance), "cache_hit": True}
+
+    folder = _io.cache_dir("models") / name
+    hit = verified(folder)
+    if hit is not None:
+        return hit
+    clean_leftovers()  # before taking the lock: it spares the leftovers of any model whose lock is held
+    return _io.compute_once(folder, verified, make)  # another process may be converting the same model
 
 
 @contextlib.contextmanager

@@ -191,23 +191,16 @@ def _gradient_scores(lm: Any, toxic: list[str], neutral: list[str], progress: bo
     """`localization.contrastive_gradient_scores` at the ``out`` site, cached on disk by model weights
     and texts (TRNE variants that differ only in ``rho`` or ``ridge`` share one gradient pass)."""
     from .. import activations, localization
-    from .._io import atomic_path, cache_dir, file_lock, verify_checksum, write_checksum
+    from .._io import cache_dir, compute_once_file
 
     key = stable_hash({"weights": activations.weight_fingerprint(lm.model), "model": lm.name,
                        "texts": [toxic, neutral], "site": "out", "version": 1})
     path = cache_dir("gradient_scores") / f"{lm.name.replace('/', '--')}-{key}.pt"
 
-    def trusted() -> bool:  # no checksum record (older code): recompute; a mismatch raises
-        return path.exists() and verify_checksum(path, "gradient_scores")
-
-    if trusted():
-        return torch.load(path, weights_only=True)
-    with file_lock(path):  # concurrent TRNE runs (batch --jobs N) compute the gradients once
-        if trusted():
-            return torch.load(path, weights_only=True)
-        scores = torch.as_tensor(localization.contrastive_gradient_scores(
+    def compute() -> torch.Tensor:
+        return torch.as_tensor(localization.contrastive_gradient_scores(
             lm, toxic, neutral, site="out", progress=progress)).float()
-        with atomic_path(path) as tmp:
-            torch.save(scores, tmp)
-        write_checksum(path)
-    return scores
+
+    # concurrent TRNE runs (batch --jobs N) compute the gradients once
+    return compute_once_file(path, compute, kind="gradient_scores",
+                             load=lambda p: torch.load(p, weights_only=True), save=torch.save)
