@@ -311,9 +311,11 @@ def explore(cfg: ExploreConfig, lm, progress: bool = True) -> dict[str, Any]:
 def write(cfg: ExploreConfig, result_dir: str | Path, lm, found: Mapping[str, Any]) -> Path:
     """``<result_dir>/<model>.json``: config, the explorer record and provenance (git commit, package
     versions, the model's and the contrast data's provenance with their sha256), written atomically.
-    Settings other than the defaults (besides the model) get their config hash in the name."""
-    default = {k: v for k, v in ExploreConfig().to_dict().items() if k not in ("model", "dtype")}
-    mine = {k: v for k, v in cfg.to_dict().items() if k not in ("model", "dtype")}
+    Settings other than the defaults get their config hash in the name, except the model, the dtype
+    and ``n_contrast`` (fewer texts where CPU time is short; the record and the book say how many)."""
+    kept = ("model", "dtype", "n_contrast")
+    default = {k: v for k, v in ExploreConfig().to_dict().items() if k not in kept}
+    mine = {k: v for k, v in cfg.to_dict().items() if k not in kept}
     stem = lm.name.replace("/", "--")
     name = f"{stem}.json" if mine == default else f"{stem}__{cfg.config_hash}.json"
     record = {"kind": "explorer", "config": cfg.to_dict(), "config_hash": cfg.config_hash,
