@@ -5,6 +5,11 @@
 explore --model M [--n-contrast N] [--out DIR]`` (the neuron explorer's record of a model) and ``python -m detox_utils run NOTEBOOK OUTPUT -p NAME
 VALUE ...`` (papermill, refusing parameters the notebook does not declare).
 
+The maintainer tools are subcommands too, each with its own options (``python -m detox_utils TOOL
+--help``): ``book`` (`detox_utils.report.build`: ``book build [--results DIR]``, ``book retitle``),
+``curate`` (`detox_utils.curate`), ``validate-evaluators`` (`detox_utils.validate_evaluators`) and
+``screenshots`` (`detox_utils.screenshots`); ``python -m <module>`` runs each of them as well.
+
 A user error (a bad profile, option, folder or file) ends with exit status 2 and one line on stderr
 saying what is wrong and what is allowed, never a traceback."""
 from __future__ import annotations
@@ -19,6 +24,24 @@ from . import batch
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
+# maintainer tools: subcommand -> (module whose main(argv) runs it, what it does)
+TOOLS = {
+    "book": ("detox_utils.report.build", "build the book strictly (book build [--results DIR]), or give an "
+                                          "executed notebook its page title (book retitle)"),
+    "curate": ("detox_utils.curate.files", "rebuild the curated data files from the package archives"),
+    "validate-evaluators": ("detox_utils.validate_evaluators",
+                            "validate the evaluators on the labelled insults (writes results/evaluators)"),
+    "screenshots": ("detox_utils.screenshots", "headless-Chromium screenshots of the built book's pages"),
+}
+
+
+def _tool(name: str, argv: list[str]) -> int:
+    import importlib
+
+    code = importlib.import_module(TOOLS[name][0]).main(argv)
+    return int(code or 0)
+
+
 def _user_error(exc: BaseException) -> int:
     message = " ".join(str(exc).split()) or type(exc).__name__
     print(f"error: {message}", file=sys.stderr)
@@ -26,8 +49,13 @@ def _user_error(exc: BaseException) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in TOOLS:  # the tool parses its own options
+        return _tool(argv[0], argv[1:])
     parser = argparse.ArgumentParser(prog="python -m detox_utils", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, what) in TOOLS.items():
+        sub.add_parser(name, help=f"{what} (options: python -m detox_utils {name} --help)", add_help=False)
     b = sub.add_parser("batch", help="run an experiment grid (a profile) with papermill")
     b.add_argument("--profile", required=True, help="profile name in the profiles file")
     b.add_argument("--out", required=True, help="folder for result files and executed notebooks")

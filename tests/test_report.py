@@ -49,3 +49,20 @@ def test_the_fingerprint_depends_on_the_grid_folder(tmp_path):
     (tmp_path / "detox_utils").mkdir()
     assert report.inputs_fingerprint(tmp_path, grid=tmp_path / "a") != \
         report.inputs_fingerprint(tmp_path, grid=tmp_path / "b")
+
+
+def test_the_one_cli_runs_the_maintainer_tools(tmp_path, capsys):
+    import importlib
+    import json
+
+    from detox_utils.__main__ import TOOLS, main
+
+    assert all(callable(importlib.import_module(module).main) for module, _ in TOOLS.values())
+    path = tmp_path / "nb.ipynb"
+    path.write_text(json.dumps({"cells": [{"cell_type": "markdown", "source": ["# Template\n", "text"]}],
+                                "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    assert main(["book", "retitle", str(path), "--title", "Executed: m"]) == 0
+    assert json.loads(path.read_text())["cells"][0]["source"] == "# Executed: m\ntext"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["curate", "--help"])
+    assert exit_info.value.code == 0 and "--archives" in capsys.readouterr().out
