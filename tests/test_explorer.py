@@ -157,3 +157,31 @@ def test_cli_refuses_bad_settings_in_one_line(capsys):
     assert main(["explore", "--model", "smollm2-135m", "--n-contrast", "1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "n_contrast" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_page_reads_a_record_and_escapes_its_texts(tiny_llama, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from detox_utils.report import explorer as page
+
+    cfg = explorer.ExploreConfig(model=tiny_llama.name, n_contrast=12, k_units=6, k_texts=2, k_tokens=3)
+    found = explorer.explore(cfg, tiny_llama, progress=False)
+    found["units"][0]["top_texts"][0]["before"] = "<script>alert(1)</script>"
+    explorer.write(explorer.ExploreConfig(model=tiny_llama.name), tmp_path, tiny_llama, found)
+    (tmp_path / "other__abc.json").write_text("{}")  # another setting: not the book's
+    (record,) = page.load_explorer(tmp_path)
+    s = page.summary(record)
+    assert s["k"] == 6 and s["texts"] == 12 and 0 <= s["texts_toxic"] <= 12
+    assert s["early_top"] == sum(record["layer_counts"]["top"][:s["n_early"]])
+    words = page.interpretation(s)
+    assert f"{s['texts_toxic']} of the 12 texts" in words and "tiny-llama" in words
+    table = page.units_table_html(record, "units-x")
+    assert "<script>" not in table and "&lt;script&gt;" in table
+    assert table.count("<tr>") == 7 and 'id="units-x"' in table and "oninput=" in table
+    assert page.visible(" a\n") == "␣a⏎"
+    assert len(page.summary_table([record])) == 1
+    fig = page.plot_layers([record])
+    assert len(fig.axes) == 1
+    with pytest.raises(FileNotFoundError, match="python -m detox_utils explore"):
+        page.load_explorer(tmp_path / "empty")
