@@ -44,7 +44,13 @@ def summary(record: dict) -> dict:
     promoted = [p for u in top if u["write"] for p in u["write"]["promoted"]]
     seen = [p for p in promoted if p["in_toxic"] + p["in_neutral"] > 0]
     sites = pd.Series([u["site"] for u in top]).value_counts()
+    from scipy import stats
+
+    early_top = sum(u["layer"] < n_early for u in top)
     return {
+        "early_expected": len(top) * n_early / n_layers,  # every layer has as many units per site
+        "p_early": float(stats.binomtest(early_top, len(top), n_early / n_layers).pvalue),
+        "neurons_distinct": len({(u["layer"], u["unit"]) for u in top if u["site"] != "out"}),
         "model": record["model"], "n_layers": n_layers, "k": len(top),
         "auroc_top_max": max(u["auroc"] for u in top), "auroc_top_min": min(u["auroc"] for u in top),
         "auroc_random_median": float(np.median([u["auroc"] for u in rnd])),
@@ -70,7 +76,9 @@ def summary_table(records: list[dict]) -> pd.DataFrame:
             f"AUROC of the top {s['k']}": f"{s['auroc_top_min']:.3f}–{s['auroc_top_max']:.3f}",
             f"median AUROC, {s['k']} random units": f"{s['auroc_random_median']:.3f}",
             "median relative depth, top / random": f"{s['depth_top_median']:.2f} / {s['depth_random_median']:.2f}",
-            "in the first third of layers, top / random": f"{s['early_top']} / {s['early_random']}",
+            "contrast texts per class": s["n_contrast"],
+            "in the first third of layers: top / uniform / random": (
+                f"{s['early_top']} / {s['early_expected']:.1f} / {s['early_random']} (p = {s['p_early']:.2g})"),
             "sites of the top units": s["sites"],
             "top-activating texts that are insults": f"{s['texts_toxic']} of {s['texts']}",
             "promoted tokens more frequent in insults": (
@@ -152,17 +160,17 @@ def plot_layers(records: list[dict]):
 def interpretation(s: dict) -> str:
     """What one model's `summary` says, in words (every number from the record)."""
     k = s["k"]
-    where = ("deeper than" if s["depth_top_median"] > s["depth_random_median"] + 0.05 else
-             "shallower than" if s["depth_top_median"] < s["depth_random_median"] - 0.05 else
-             "at about the same depth as")
-    early = ("more than" if s["early_top"] > s["early_random"] else
-             "fewer than" if s["early_top"] < s["early_random"] else "as many as")
-    text = (f"In {s['model']} the {k} most selective units (AUROC {s['auroc_top_min']:.2f} to "
-            f"{s['auroc_top_max']:.2f}, against a median of {s['auroc_random_median']:.2f} for {k} random "
-            f"units) sit {where} the random draw (median relative depth {s['depth_top_median']:.2f} "
-            f"against {s['depth_random_median']:.2f}); {s['early_top']} of them are in the first third of "
-            f"the layers, {early} the {s['early_random']} random units there. Their sites: {s['sites']}. "
-            f"{s['texts_toxic']} of the {s['texts']} texts that activate them most are insults.")
+    early = ("more than" if s["early_top"] > s["early_expected"] else
+             "fewer than" if s["early_top"] < s["early_expected"] else "as many as")
+    text = (f"In {s['model']} ({s['n_contrast']} texts per class) the {k} most selective units (AUROC "
+            f"{s['auroc_top_min']:.2f} to {s['auroc_top_max']:.2f}, against a median of "
+            f"{s['auroc_random_median']:.2f} for {k} random units; sites {s['sites']}; "
+            f"{s['neurons_distinct']} distinct neurons, since a neuron's pre, up and post can all be among "
+            f"them) sit at a median relative depth of {s['depth_top_median']:.2f}, the random draw at "
+            f"{s['depth_random_median']:.2f}. {s['early_top']} of them are in the first third of the layers, "
+            f"{early} the {s['early_expected']:.1f} a uniform spread would put there (two-sided binomial "
+            f"p = {s['p_early']:.2g}; the random draw has {s['early_random']}). {s['texts_toxic']} of the "
+            f"{s['texts']} texts that activate them most are insults.")
     if s["neurons"]:
         text += (f" Of the tokens the {s['neurons']} neurons among them promote, {s['promoted_seen']} occur "
                  f"in the contrast texts at all and {s['promoted_more_toxic']} of those are more frequent "
