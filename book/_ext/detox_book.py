@@ -11,6 +11,9 @@ Two things the configuration alone cannot do:
    carried it twice; sphinx-thebe's ``const THEBE_JS_URL = ...`` then raised "SyntaxError: Identifier
    'THEBE_JS_URL' has already been declared" in the console of every page (sphinx-doc/sphinx#13402).
    Each page's script list is de-duplicated here, keeping the first of equal scripts.
+3. **plotly.js from the book itself.** Pages holding a plotly figure (`detox_utils.interactive`) get
+   ``_static/plotly-<version>.min.js`` in their head, and the bundle of the installed plotly package is
+   written there when the build ends: the interactive figures work offline, with no CDN.
 """
 from __future__ import annotations
 
@@ -78,7 +81,23 @@ def dedupe_scripts(app, pagename, templatename, context, doctree) -> None:
     scripts[:] = unique
 
 
+def add_plotly(app, pagename, templatename, context, doctree) -> None:
+    if "plotly-graph-div" in (context.get("body") or ""):
+        from detox_utils import interactive
+
+        app.add_js_file(interactive.PLOTLY_JS)
+
+
+def write_plotly(app, exception) -> None:
+    if exception is None and app.builder.format == "html":
+        from detox_utils import interactive
+
+        interactive.write_plotly_js(Path(app.outdir) / "_static")
+
+
 def setup(app):
     app.connect("config-inited", fill_build_stamp)
+    app.connect("html-page-context", add_plotly)
     app.connect("html-page-context", dedupe_scripts, priority=900)
+    app.connect("build-finished", write_plotly)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
