@@ -1,6 +1,6 @@
 """Sphinx extension of this book (loaded through ``sphinx.local_extensions`` in ``_config.yml``).
 
-Two things the configuration alone cannot do:
+Three things the configuration alone cannot do:
 
 1. **Build stamp.** ``html.extra_footer`` in ``_config.yml`` may hold the placeholders ``@BUILD_DATE@``
    (UTC, or ``$SOURCE_DATE_EPOCH`` when set, for reproducible builds) and ``@BUILD_COMMIT@`` (the git
