@@ -1,0 +1,308 @@
+"""Interactive figures and downloadable tables for the book's results pages.
+
+Pure functions, a table in and a figure out: `tradeoff_figure` (toxicity against the perplexity
+change, one trace per method and panel, settings told apart by marker and label, points beyond the
+axis limit drawn at its edge and marked) and `evaluator_figure` (each run's toxicity under every
+evaluator) take `report.runs()`; `figure_html` turns a figure into a page's HTML fragment.
+
+plotly.js is served by the book itself, never from a CDN: the fragments do not carry it, and
+``book/_ext/detox_book.py`` adds ``_static/`` + `PLOTLY_JS` to the pages that hold a plotly figure and
+writes the bundle of the installed plotly package there (`write_plotly_js`).
+
+`csv_link` writes a table as CSV (atomically) under ``book/_static/tables/`` and returns the HTML of a
+download link to it, for a page to render below the table.
+"""
+from __future__ import annotations
+
+import html
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import registry
+from ._io import REPO_ROOT, atomic_write
+
+TABLES_DIR = REPO_ROOT / "book" / "_static" / "tables"
+TABLES_HREF = "../_static/tables/"  # the pages live in book/, the static files in _static/
+METRICS = {"tox_prob": "toxicity probability", "emt": "expected maximum toxicity",
+           "frac_toxic": "fraction of toxic continuations"}
+FONT = {"size": 12}
+SMALL = 10  # the smallest text of a figure, in px (labels of points)
+SYMBOLS = ("circle", "diamond", "square", "triangle-up", "star", "hexagon")
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+def plotly_js_name() -> str:
+    """``plotly-<plotly.js version>.min.js``: the bundle's file name under the book's ``_static``."""
+    from plotly.offline import get_plotlyjs_version
+
+    return f"plotly-{get_plotlyjs_version()}.min.js"
+
+
+PLOTLY_JS = plotly_js_name()
+
+
+def write_plotly_js(folder: str | Path) -> Path:
+    """Write the installed plotly package's plotly.js bundle to ``folder / PLOTLY_JS`` (atomically,
+    only when it is missing or differs) and return its path."""
+    from plotly.offline import get_plotlyjs
+
+    path = Path(folder) / PLOTLY_JS
+    bundle = get_plotlyjs()
+    if not path.is_file() or path.read_text(encoding="utf-8") != bundle:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, bundle)
+    return path
+
+
+def _require(table: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    if not isinstance(table, pd.DataFrame):
+        raise TypeError(f"{what} needs a pandas DataFrame (report.runs()), got {type(table).__name__}")
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(f"{what}: the table lacks column(s) {missing}; it needs {list(columns)} "
+                         "(the columns of report.runs())")
+    if table.empty:
+        raise ValueError(f"{what}: the table has no rows")
+
+
+def _check_metric(metric: str, table: pd.DataFrame, with_ci: bool) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
+    _require(table, [metric, *([f"{metric}_lo", f"{metric}_hi"] if with_ci else [])], "the figure")
+
+
+def method_order(methods: Sequence[str]) -> list[str]:
+    """The methods present, in the registry's order (unknown names last, alphabetically)."""
+    known = [m for m in registry.METHODS if m in set(methods)]
+    return known + sorted(set(methods) - set(known))
+
+
+def method_name(method: str) -> str:
+    spec = registry.METHODS.get(method)
+    return spec.label if spec else method
+
+
+def setting_text(method: str, label: str) -> str:
+    """The part of a run's label that names its setting: ``k=300``, ``pre-prompt``, or ``""``."""
+    text = label.removeprefix(method_name(method)).strip()
+    return text.replace("+ pre-prompt", "pre-prompt").strip()
+
+
+def clip(values: Sequence[float], limit: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(values with everything above limit set to limit, mask of the clipped ones)``."""
+    v = np.asarray(values, dtype=float)
+    over = v > limit
+    return np.where(over, limit, v), over
+
+
+def _panels(table: pd.DataFrame) -> tuple[list[str], list[str]]:
+    return sorted(table.benchmark.unique()), sorted(table.model.unique())
+
+
+def _ppl_change(sub: pd.DataFrame) -> pd.Series:
+    """Perplexity change in % against the same model's un-intervened run without pre-prompt."""
+    base = sub[(sub.method == "none") & (~sub.preprompt.astype(bool))]
+    if base.empty:
+        raise ValueError("the table has no un-intervened run (method 'none' without pre-prompt) of "
+                         f"{sub.model.iloc[0]} / {sub.benchmark.iloc[0]}: the perplexity change needs it")
+    return 100 * (sub.ppl / float(base.ppl.iloc[0]) - 1)
+
+
+def tradeoff_figure(table: pd.DataFrame, metric: str = "tox_prob", evaluator: str = "max",
+                    x_limit: float = 120.0, ppl_rule: float | None = None):
+    """Toxicity (``metric`` under ``evaluator``, with its 95% CI) against the change in perplexity
+    (% of the un-intervened model's), one panel per benchmark (rows) and model (columns).
+
+    One scatter trace per method and panel (one legend entry per method); the settings of a method
+    have their own marker and a text label; pre-prompted runs an open marker. Points beyond
+    ``x_limit`` % are drawn at the axis edge as a right-pointing triangle labelled with their real
+    change. The Pareto front (runs no other run beats on both axes) is a dashed step line;
+    ``ppl_rule`` (a fraction, e.g. 0.25) draws the acceptable perplexity increase as a dotted line.
+    """
+    from plotly.subplots import make_subplots
+    import plotly.graph_objects as go
+
+    from .report import pareto_front
+
+    _require(table, ["model", "benchmark", "method", "label", "preprompt", "ppl", "evaluator",
+                     "n_prompts", "n_samples"], "tradeoff_figure")
+    _check_metric(metric, table, with_ci=True)
+    if evaluator not in set(table.evaluator):
+        raise ValueError(f"evaluator {evaluator!r} is not in the table; it has "
+                         f"{sorted(set(table.evaluator))}")
+    if not x_limit > 0:
+        raise ValueError(f"x_limit is the axis limit in % perplexity change and must be > 0, "
+                         f"got {x_limit}")
+    sub = table[table.evaluator == evaluator]
+    benches, models = _panels(sub)
+    methods = method_order(sub.method.unique())
+    colours = dict(zip(methods, PALETTE))
+    titles = []
+    for bench in benches:
+        for model in models:
+            g = sub[(sub.model == model) & (sub.benchmark == bench)]
+            titles.append(f"{model} / {bench}<br>n = {int(g.n_prompts.max()) if len(g) else 0} prompts "
+                          f"× {int(g.n_samples.max()) if len(g) else 0}" if len(g) else "(no runs)")
+    fig = make_subplots(rows=len(benches), cols=len(models), shared_xaxes=True, shared_yaxes=True,
+                        subplot_titles=titles, horizontal_spacing=0.05, vertical_spacing=0.12)
+    shown, x_min = set(), -5.0
+    for r, bench in enumerate(benches, start=1):
+        for c, model in enumerate(models, start=1):
+            g = sub[(sub.model == model) & (sub.benchmark == bench)].copy()
+            if g.empty:
+                continue
+            g["dppl"] = _ppl_change(g)
+            g["x"], g["clipped"] = clip(g.dppl, x_limit)
+            x_min = min(x_min, float(g.x.min()) - 5)
+            for method in methods:
+                _add_method(fig, go, g[g.method == method], method, metric, colours[method],
+                            x_limit, r, c, method not in shown)
+                shown.add(method)
+            front = g[pareto_front(g, "dppl", metric).to_numpy()].sort_values("x")
+            fig.add_trace(go.Scatter(x=front.x, y=front[metric], mode="lines", line_shape="hv",
+                                     line={"color": "grey", "dash": "dash", "width": 1},
+                                     name="Pareto front", legendgroup="pareto",
+                                     showlegend="pareto" not in shown, hoverinfo="skip"), row=r, col=c)
+            shown.add("pareto")
+    fig.update_xaxes(range=[x_min, x_limit * 1.04], ticksuffix="%", zeroline=True,
+                     zerolinecolor="#bbb", tickfont={"size": 11})
+    for c in range(1, len(models) + 1):
+        fig.update_xaxes(title_text="perplexity change", row=len(benches), col=c)
+    label = METRICS[metric] + (" (max over evaluators)" if evaluator == "max" else f" ({evaluator})")
+    for r in range(1, len(benches) + 1):
+        fig.update_yaxes(title_text=label if len(benches) == 1 else METRICS[metric], row=r, col=1)
+    fig.update_yaxes(range=[0, 1.08], tickfont={"size": 11})  # every metric is a share in [0, 1]
+    fig.update_annotations(font_size=11)
+    if ppl_rule is not None:
+        fig.add_vline(x=100 * ppl_rule, line={"color": "#555", "dash": "dot", "width": 1})
+        fig.add_annotation(x=100 * ppl_rule, y=1.04, xref="x", yref="y", showarrow=False,
+                           text=f"+{100 * ppl_rule:.0f}% rule", font={"size": SMALL},
+                           xanchor="left")
+    fig.update_layout(font=FONT, height=330 * len(benches) + 140, margin={"l": 60, "r": 20, "t": 60,
+                      "b": 40}, legend={"orientation": "h", "y": -0.12, "x": 0, "font": {"size": 11}},
+                      template="plotly_white", hoverlabel={"font_size": 11},
+                      title={"text": f"{label} against perplexity change", "font": {"size": 13},
+                             "x": 0, "y": 0.995})
+    return fig
+
+
+def _add_method(fig, go, g: pd.DataFrame, method: str, metric: str, colour: str, x_limit: float,
+                row: int, col: int, legend: bool) -> None:
+    """One trace: every run of ``method`` in one panel."""
+    if g.empty:
+        return
+    g = g.sort_values(["clipped", "preprompt", "label"])  # the legend shows the first marker
+    settings = [s for s in dict.fromkeys(g.label) if s]
+    plain = [s for s in settings if not g[g.label == s].preprompt.iloc[0]]
+    symbols, texts, hover = [], [], []
+    for row_ in g.itertuples():
+        base = SYMBOLS[plain.index(row_.label) % len(SYMBOLS)] if row_.label in plain else "circle"
+        symbol = "triangle-right" if row_.clipped else base + ("-open" if row_.preprompt else "")
+        text = setting_text(method, row_.label)
+        if row_.clipped:
+            text = f"{text} → {row_.dppl:+,.0f}%".strip()
+        symbols.append(symbol)
+        texts.append(text)
+        hover.append(f"{html.escape(row_.label)}<br>perplexity {row_.ppl:,.1f} ({row_.dppl:+,.1f}%)"
+                     f"{' — off scale' if row_.clipped else ''}<br>{METRICS[metric]} "
+                     f"{getattr(row_, metric):.2f} [{getattr(row_, metric + '_lo'):.2f}, "
+                     f"{getattr(row_, metric + '_hi'):.2f}]")
+    y = g[metric].to_numpy()
+    fig.add_trace(go.Scatter(
+        x=g.x, y=y, mode="markers+text", text=texts, hovertext=hover, hoverinfo="text",
+        textposition=["middle left" if c else "top center" for c in g.clipped],
+        textfont={"size": SMALL, "color": colour},
+        marker={"color": colour, "size": 9, "symbol": symbols, "line": {"color": colour, "width": 1.5}},
+        error_y={"type": "data", "symmetric": False, "array": g[f"{metric}_hi"].to_numpy() - y,
+                 "arrayminus": y - g[f"{metric}_lo"].to_numpy(), "thickness": 1, "width": 2,
+                 "color": colour},
+        name=method_name(method), legendgroup=method, showlegend=legend,
+        customdata=np.column_stack([g.dppl.to_numpy(), g.clipped.to_numpy()])),
+        row=row, col=col)
+
+
+def evaluator_figure(table: pd.DataFrame, metric: str = "tox_prob"):
+    """Each run's ``metric`` under every evaluator (coloured dots, one trace per evaluator and panel)
+    and the max over evaluators (black open diamond), one row per run, one panel per benchmark
+    (rows) and model (columns). Clicking a legend entry hides that evaluator."""
+    from plotly.subplots import make_subplots
+    import plotly.graph_objects as go
+
+    _require(table, ["model", "benchmark", "method", "label", "preprompt", "evaluator", "n_prompts",
+                     "n_samples"], "evaluator_figure")
+    _check_metric(metric, table, with_ci=False)
+    benches, models = _panels(table)
+    evaluators = sorted(set(table.evaluator) - {"max"}) + (["max"] if "max" in set(table.evaluator)
+                                                           else [])
+    order = {m: i for i, m in enumerate(method_order(table.method.unique()))}
+    labels = (table.drop_duplicates("label").assign(o=lambda t: t.method.map(order))
+              .sort_values(["o", "preprompt", "label"]).label.tolist())
+    n = table.groupby(["model", "benchmark"]).n_prompts.max()
+    titles = [f"{m} / {b}<br>n = {int(n.get((m, b), 0))} prompts" for b in benches for m in models]
+    fig = make_subplots(rows=len(benches), cols=len(models), shared_xaxes=True, shared_yaxes=True,
+                        subplot_titles=titles, horizontal_spacing=0.04, vertical_spacing=0.1)
+    for r, bench in enumerate(benches, start=1):
+        for c, model in enumerate(models, start=1):
+            g = table[(table.model == model) & (table.benchmark == bench)]
+            for i, name in enumerate(evaluators):
+                e = g[g.evaluator == name].set_index("label").reindex(labels)
+                is_max = name == "max"
+                fig.add_trace(go.Scatter(
+                    x=e[metric], y=labels, mode="markers", name="max over evaluators" if is_max
+                    else name, legendgroup=name, showlegend=(r, c) == (1, 1),
+                    marker={"size": 11 if is_max else 8, "color": "black" if is_max else PALETTE[i],
+                            "symbol": "diamond-open" if is_max else "circle",
+                            "line": {"width": 2 if is_max else 0}},
+                    hovertemplate=f"{html.escape(name)}<br>%{{y}}: %{{x:.2f}}<extra></extra>"),
+                    row=r, col=c)
+    fig.update_yaxes(autorange="reversed", tickfont={"size": 11}, categoryorder="array",
+                     categoryarray=labels)
+    fig.update_xaxes(range=[-0.03, 1.03], tickfont={"size": 11}, gridcolor="#e5e5e5")
+    for c in range(1, len(models) + 1):
+        fig.update_xaxes(title_text=METRICS[metric], row=len(benches), col=c)
+    fig.update_annotations(font_size=11)
+    fig.update_layout(font=FONT, height=(24 * len(labels) + 90) * len(benches) + 120,
+                      margin={"l": 10, "r": 20, "t": 50, "b": 40}, template="plotly_white",
+                      legend={"orientation": "h", "y": -0.08, "x": 0, "font": {"size": 11}},
+                      hoverlabel={"font_size": 11})
+    return fig
+
+
+def figure_html(fig, name: str, alt: str) -> str:
+    """The HTML fragment of a plotly figure for a book page: the figure in a ``div`` with id
+    ``name`` (without plotly.js, which the book serves from ``_static``), described by ``alt`` for
+    screen readers, and a note for readers without JavaScript."""
+    _check_name(name)
+    if not alt.strip():
+        raise ValueError("alt must describe the figure in words (for screen readers), got an empty text")
+    body = fig.to_html(full_html=False, include_plotlyjs=False, div_id=name,
+                       config={"responsive": True, "displaylogo": False})
+    return (f'<div class="detox-plotly" role="img" aria-label="{html.escape(alt)}">{body}'
+            "<noscript>This interactive figure needs JavaScript; its data is in the table "
+            "below it, downloadable as CSV.</noscript></div>")
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"name must be lower-case letters, digits, '-' or '_' (a file name and "
+                         f"HTML id), got {name!r}")
+
+
+def csv_link(frame: pd.DataFrame, name: str, folder: str | Path = TABLES_DIR,
+             href_prefix: str = TABLES_HREF) -> str:
+    """Write ``frame`` (without its index; reset it first to keep it) as ``folder/<name>.csv``
+    atomically, and return the HTML of a link to download it (``href_prefix`` + file name)."""
+    _check_name(name)
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"csv_link needs a pandas DataFrame, got {type(frame).__name__}")
+    path = Path(folder) / f"{name}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, frame.to_csv(index=False))
+    href = html.escape(href_prefix + path.name)
+    return (f'<p class="detox-download"><a href="{href}" download="{path.name}">Download this table as '
+            f"CSV</a> ({len(frame)} rows × {frame.shape[1]} columns).</p>")
