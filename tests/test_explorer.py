@@ -180,7 +180,7 @@ def test_the_page_reads_a_record_and_escapes_its_texts(tiny_llama, tmp_path):
     assert "<script>" not in table and "&lt;script&gt;" in table
     assert table.count("<tr>") == 7 and 'id="units-x"' in table and "oninput=" in table
     assert page.visible(" a\n") == "␣a⏎"
-    assert len(page.summary_table([record])) == 1
+    assert list(page.summary_table([record]).columns) == ["", "tiny-llama"]
     fig = page.plot_layers([record])
     assert len(fig.axes) == 1
     with pytest.raises(FileNotFoundError, match="python -m detox_utils explore"):

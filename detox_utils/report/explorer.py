@@ -68,7 +68,8 @@ def summary(record: dict) -> dict:
 
 
 def summary_table(records: list[dict]) -> pd.DataFrame:
-    """One row per model: the `summary` numbers, labelled for a reader."""
+    """One column per model, one row per `summary` number, labelled for a reader (models as columns,
+    so that the table fits the page's width)."""
     rows = []
     for s in map(summary, records):
         rows.append({
@@ -85,7 +86,9 @@ def summary_table(records: list[dict]) -> pd.DataFrame:
                 f"{s['promoted_more_toxic']} of {s['promoted_seen']} seen in the texts"
                 if s["neurons"] else "no neuron among the top units"),
         })
-    return pd.DataFrame(rows)
+    wide = pd.DataFrame(rows).set_index("model").T
+    wide.columns.name = None
+    return wide.rename_axis("").reset_index()
 
 
 def _context_html(t: dict) -> str:
@@ -122,7 +125,7 @@ def units_table_html(record: dict, table_id: str) -> str:
         f'oninput="{html.escape(script)}"></label>'
         f'<table id="{tid}" class="table detox-units"><caption>{html.escape(record["model"])}: the '
         f'{len(rows)} units with the highest AUROC</caption><colgroup><col style="width:3em">'
-        '<col style="width:8.5em"><col style="width:4.5em"><col><col style="width:24%"></colgroup>'
+        '<col style="width:7.5em"><col style="width:5.2em"><col><col style="width:24%"></colgroup>'
         '<thead><tr><th>#</th><th>unit (site, layer, index)</th><th>AUROC</th>'
         '<th>contrast texts that activate it most: label, peak response, the peak token marked</th>'
         '<th>tokens its output weights promote (logit lens)</th></tr></thead>'
