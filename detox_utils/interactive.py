@@ -9,6 +9,9 @@ plotly.js is served by the book itself, never from a CDN: the fragments do not c
 ``book/_ext/detox_book.py`` adds ``_static/`` + `PLOTLY_JS` to the pages that hold a plotly figure and
 writes the bundle of the installed plotly package there (`write_plotly_js`).
 
+`tradeoff_static` draws the trade-off's points with matplotlib at the text column's width, for print
+and for readers without JavaScript (a page gives its figure the class ``detox-static``).
+
 `csv_link` writes a table as CSV (atomically) under ``book/_static/tables/`` and returns the HTML of a
 download link to it, for a page to render below the table.
 """
@@ -113,6 +116,56 @@ def _ppl_change(sub: pd.DataFrame) -> pd.Series:
     return 100 * (sub.ppl / float(base.ppl.iloc[0]) - 1)
 
 
+def tradeoff_points(table: pd.DataFrame, metric: str = "tox_prob", evaluator: str = "max",
+                    x_limit: float = 120.0) -> pd.DataFrame:
+    """The points of the trade-off figures: ``table``'s runs under ``evaluator`` with ``dppl`` (the
+    perplexity change in % of the same model's un-intervened run), ``x`` (``dppl`` clipped at
+    ``x_limit``), ``clipped``, ``setting`` (the label's setting, with the real change for clipped
+    points), ``symbol`` (a plotly marker name: one per setting of a method, ``-open`` with pre-prompt,
+    ``triangle-right`` when clipped) and ``front`` (on the panel's Pareto front)."""
+    from .report import pareto_front
+
+    _require(table, ["model", "benchmark", "method", "label", "preprompt", "ppl", "evaluator",
+                     "n_prompts", "n_samples"], "the trade-off figure")
+    _check_metric(metric, table, with_ci=True)
+    if evaluator not in set(table.evaluator):
+        raise ValueError(f"evaluator {evaluator!r} is not in the table; it has "
+                         f"{sorted(set(table.evaluator))}")
+    if not x_limit > 0:
+        raise ValueError(f"x_limit is the axis limit in % perplexity change and must be > 0, "
+                         f"got {x_limit}")
+    frames = []
+    for _, g in table[table.evaluator == evaluator].groupby(["model", "benchmark"]):
+        g = g.copy()
+        g["dppl"] = _ppl_change(g)
+        g["x"], g["clipped"] = clip(g.dppl, x_limit)
+        g["front"] = pareto_front(g, "dppl", metric).to_numpy()
+        frames.append(g)
+    points = pd.concat(frames)
+    points["preprompt"] = points.preprompt.astype(bool)
+    symbols = {}
+    for method, g in points[~points.preprompt].groupby("method"):
+        symbols.update({(method, lab): SYMBOLS[i % len(SYMBOLS)]
+                        for i, lab in enumerate(sorted(g.label.unique()))})
+    base = [symbols.get((r.method, r.label), "circle") for r in points.itertuples()]
+    points["symbol"] = ["triangle-right" if r.clipped else b + ("-open" if r.preprompt else "")
+                        for b, r in zip(base, points.itertuples())]
+    points["setting"] = [(setting_text(r.method, r.label)
+                          + (f" → {r.dppl:+,.0f}%" if r.clipped else "")).strip()
+                         for r in points.itertuples()]
+    # the legend shows a trace's first marker: an unclipped one
+    return points.sort_values(["benchmark", "model", "clipped", "preprompt", "label"])
+
+
+def _metric_label(metric: str, evaluator: str) -> str:
+    return METRICS[metric] + (" (max over evaluators)" if evaluator == "max" else f" ({evaluator})")
+
+
+def _panel_title(g: pd.DataFrame, model: str, bench: str, sep: str) -> str:
+    return (f"{model} / {bench}{sep}n = {int(g.n_prompts.max())} prompts × {int(g.n_samples.max())}"
+            if len(g) else f"{model} / {bench}{sep}(no runs)")
+
+
 def tradeoff_figure(table: pd.DataFrame, metric: str = "tox_prob", evaluator: str = "max",
                     x_limit: float = 120.0, ppl_rule: float | None = None):
     """Toxicity (``metric`` under ``evaluator``, with its 95% CI) against the change in perplexity
@@ -121,61 +174,42 @@ def tradeoff_figure(table: pd.DataFrame, metric: str = "tox_prob", evaluator: st
     One scatter trace per method and panel (one legend entry per method); the settings of a method
     have their own marker and a text label; pre-prompted runs an open marker. Points beyond
     ``x_limit`` % are drawn at the axis edge as a right-pointing triangle labelled with their real
-    change. The Pareto front (runs no other run beats on both axes) is a dashed step line;
-    ``ppl_rule`` (a fraction, e.g. 0.25) draws the acceptable perplexity increase as a dotted line.
+    change (`tradeoff_points`). The Pareto front (runs no other run beats on both axes) is a dashed
+    step line; ``ppl_rule`` (a fraction, e.g. 0.25) draws the perplexity budget as a dotted line.
     """
     from plotly.subplots import make_subplots
     import plotly.graph_objects as go
 
-    from .report import pareto_front
-
-    _require(table, ["model", "benchmark", "method", "label", "preprompt", "ppl", "evaluator",
-                     "n_prompts", "n_samples"], "tradeoff_figure")
-    _check_metric(metric, table, with_ci=True)
-    if evaluator not in set(table.evaluator):
-        raise ValueError(f"evaluator {evaluator!r} is not in the table; it has "
-                         f"{sorted(set(table.evaluator))}")
-    if not x_limit > 0:
-        raise ValueError(f"x_limit is the axis limit in % perplexity change and must be > 0, "
-                         f"got {x_limit}")
-    sub = table[table.evaluator == evaluator]
-    benches, models = _panels(sub)
-    methods = method_order(sub.method.unique())
+    points = tradeoff_points(table, metric, evaluator, x_limit)
+    benches, models = _panels(points)
+    methods = method_order(points.method.unique())
     colours = dict(zip(methods, PALETTE))
-    titles = []
-    for bench in benches:
-        for model in models:
-            g = sub[(sub.model == model) & (sub.benchmark == bench)]
-            titles.append(f"{model} / {bench}<br>n = {int(g.n_prompts.max()) if len(g) else 0} prompts "
-                          f"× {int(g.n_samples.max()) if len(g) else 0}" if len(g) else "(no runs)")
+    titles = [_panel_title(points[(points.model == m) & (points.benchmark == b)], m, b, "<br>")
+              for b in benches for m in models]
     fig = make_subplots(rows=len(benches), cols=len(models), shared_xaxes=True, shared_yaxes=True,
                         subplot_titles=titles, horizontal_spacing=0.05, vertical_spacing=0.12)
-    shown, x_min = set(), -5.0
+    shown = set()
     for r, bench in enumerate(benches, start=1):
         for c, model in enumerate(models, start=1):
-            g = sub[(sub.model == model) & (sub.benchmark == bench)].copy()
+            g = points[(points.model == model) & (points.benchmark == bench)]
             if g.empty:
                 continue
-            g["dppl"] = _ppl_change(g)
-            g["x"], g["clipped"] = clip(g.dppl, x_limit)
-            x_min = min(x_min, float(g.x.min()) - 5)
             for method in methods:
-                _add_method(fig, go, g[g.method == method], method, metric, colours[method],
-                            x_limit, r, c, method not in shown)
+                _add_method(fig, go, g[g.method == method], method, metric, colours[method], r, c,
+                            method not in shown)
                 shown.add(method)
-            front = g[pareto_front(g, "dppl", metric).to_numpy()].sort_values("x")
+            front = g[g.front].sort_values("x")
             fig.add_trace(go.Scatter(x=front.x, y=front[metric], mode="lines", line_shape="hv",
                                      line={"color": "grey", "dash": "dash", "width": 1},
                                      name="Pareto front", legendgroup="pareto",
                                      showlegend="pareto" not in shown, hoverinfo="skip"), row=r, col=c)
             shown.add("pareto")
-    fig.update_xaxes(range=[x_min, x_limit * 1.04], ticksuffix="%", zeroline=True,
-                     zerolinecolor="#bbb", tickfont={"size": 11})
+    fig.update_xaxes(range=[min(-5.0, float(points.x.min()) - 5), x_limit * 1.04], ticksuffix="%",
+                     zeroline=True, zerolinecolor="#bbb", tickfont={"size": 11})
     for c in range(1, len(models) + 1):
         fig.update_xaxes(title_text="perplexity change", row=len(benches), col=c)
-    label = METRICS[metric] + (" (max over evaluators)" if evaluator == "max" else f" ({evaluator})")
     for r in range(1, len(benches) + 1):
-        fig.update_yaxes(title_text=label if len(benches) == 1 else METRICS[metric], row=r, col=1)
+        fig.update_yaxes(title_text=METRICS[metric], row=r, col=1)
     fig.update_yaxes(range=[0, 1.08], tickfont={"size": 11})  # every metric is a share in [0, 1]
     fig.update_annotations(font_size=11)
     if ppl_rule is not None:
@@ -183,6 +217,7 @@ def tradeoff_figure(table: pd.DataFrame, metric: str = "tox_prob", evaluator: st
         fig.add_annotation(x=100 * ppl_rule, y=1.04, xref="x", yref="y", showarrow=False,
                            text=f"+{100 * ppl_rule:.0f}% rule", font={"size": SMALL},
                            xanchor="left")
+    label = _metric_label(metric, evaluator)
     fig.update_layout(font=FONT, height=330 * len(benches) + 140, margin={"l": 60, "r": 20, "t": 60,
                       "b": 40}, legend={"orientation": "h", "y": -0.12, "x": 0, "font": {"size": 11}},
                       template="plotly_white", hoverlabel={"font_size": 11},
@@ -191,39 +226,74 @@ def tradeoff_figure(table: pd.DataFrame, metric: str = "tox_prob", evaluator: st
     return fig
 
 
-def _add_method(fig, go, g: pd.DataFrame, method: str, metric: str, colour: str, x_limit: float,
-                row: int, col: int, legend: bool) -> None:
+def _add_method(fig, go, g: pd.DataFrame, method: str, metric: str, colour: str, row: int, col: int,
+                legend: bool) -> None:
     """One trace: every run of ``method`` in one panel."""
     if g.empty:
         return
-    g = g.sort_values(["clipped", "preprompt", "label"])  # the legend shows the first marker
-    settings = [s for s in dict.fromkeys(g.label) if s]
-    plain = [s for s in settings if not g[g.label == s].preprompt.iloc[0]]
-    symbols, texts, hover = [], [], []
-    for row_ in g.itertuples():
-        base = SYMBOLS[plain.index(row_.label) % len(SYMBOLS)] if row_.label in plain else "circle"
-        symbol = "triangle-right" if row_.clipped else base + ("-open" if row_.preprompt else "")
-        text = setting_text(method, row_.label)
-        if row_.clipped:
-            text = f"{text} → {row_.dppl:+,.0f}%".strip()
-        symbols.append(symbol)
-        texts.append(text)
-        hover.append(f"{html.escape(row_.label)}<br>perplexity {row_.ppl:,.1f} ({row_.dppl:+,.1f}%)"
-                     f"{' — off scale' if row_.clipped else ''}<br>{METRICS[metric]} "
-                     f"{getattr(row_, metric):.2f} [{getattr(row_, metric + '_lo'):.2f}, "
-                     f"{getattr(row_, metric + '_hi'):.2f}]")
+    hover = [f"{html.escape(r.label)}<br>perplexity {r.ppl:,.1f} ({r.dppl:+,.1f}%)"
+             f"{' — off scale' if r.clipped else ''}<br>{METRICS[metric]} {getattr(r, metric):.2f} "
+             f"[{getattr(r, metric + '_lo'):.2f}, {getattr(r, metric + '_hi'):.2f}]"
+             for r in g.itertuples()]
     y = g[metric].to_numpy()
     fig.add_trace(go.Scatter(
-        x=g.x, y=y, mode="markers+text", text=texts, hovertext=hover, hoverinfo="text",
+        x=g.x, y=y, mode="markers+text", text=list(g.setting), hovertext=hover, hoverinfo="text",
         textposition=["middle left" if c else "top center" for c in g.clipped],
         textfont={"size": SMALL, "color": colour},
-        marker={"color": colour, "size": 9, "symbol": symbols, "line": {"color": colour, "width": 1.5}},
+        marker={"color": colour, "size": 9, "symbol": list(g.symbol),
+                "line": {"color": colour, "width": 1.5}},
         error_y={"type": "data", "symmetric": False, "array": g[f"{metric}_hi"].to_numpy() - y,
                  "arrayminus": y - g[f"{metric}_lo"].to_numpy(), "thickness": 1, "width": 2,
                  "color": colour},
-        name=method_name(method), legendgroup=method, showlegend=legend,
-        customdata=np.column_stack([g.dppl.to_numpy(), g.clipped.to_numpy()])),
-        row=row, col=col)
+        name=method_name(method), legendgroup=method, showlegend=legend), row=row, col=col)
+
+
+_MPL_MARKERS = {"circle": "o", "diamond": "D", "square": "s", "triangle-up": "^", "star": "*",
+                "hexagon": "h", "triangle-right": ">"}
+
+
+def tradeoff_static(table: pd.DataFrame, metric: str = "tox_prob", evaluator: str = "max",
+                    x_limit: float = 120.0, ppl_rule: float | None = None):
+    """The same points as `tradeoff_figure` as a matplotlib figure sized for the book's ~690 px text
+    column (for print and for readers without JavaScript)."""
+    import matplotlib.pyplot as plt
+
+    points = tradeoff_points(table, metric, evaluator, x_limit)
+    benches, models = _panels(points)
+    colours = dict(zip(method_order(points.method.unique()), PALETTE))
+    fig, axes = plt.subplots(len(benches), len(models), figsize=(6.3, 2.6 * len(benches) + 0.9),
+                             sharex=True, sharey=True, squeeze=False, dpi=110)
+    for (r, bench), (c, model) in ((rb, cm) for rb in enumerate(benches) for cm in enumerate(models)):
+        ax, g = axes[r, c], points[(points.model == model) & (points.benchmark == bench)]
+        ax.set_title(_panel_title(g, model, bench, "\n"), fontsize=8)
+        for p in g.itertuples():
+            shape = p.symbol.removesuffix("-open")
+            y, lo, hi = getattr(p, metric), getattr(p, f"{metric}_lo"), getattr(p, f"{metric}_hi")
+            colour = colours[p.method]
+            ax.errorbar(p.x, y, yerr=[[y - lo], [hi - y]], fmt=_MPL_MARKERS[shape], ms=5,
+                        color=colour, mfc="white" if p.symbol.endswith("-open") else colour,
+                        elinewidth=0.7, capsize=1.5)
+            if p.setting:
+                ax.annotate(p.setting, (p.x, y), xytext=(-3, 4) if p.clipped else (2, 4),
+                            textcoords="offset points", fontsize=6.5, color=colour,
+                            ha="right" if p.clipped else "left")
+        front = g[g.front].sort_values("x")
+        ax.step(front.x, front[metric], where="post", color="grey", lw=0.8, ls="--")
+        if ppl_rule is not None:
+            ax.axvline(100 * ppl_rule, color="#555", lw=0.8, ls=":")
+        ax.set_xlim(min(-5.0, float(points.x.min()) - 5), x_limit * 1.04)
+        ax.set_ylim(0, 1.05)
+        ax.tick_params(labelsize=7.5)
+        if r == len(benches) - 1:
+            ax.set_xlabel("perplexity change (%)", fontsize=8)
+        if c == 0:
+            ax.set_ylabel(METRICS[metric], fontsize=8)
+    handles = [plt.Line2D([], [], color=col, marker="o", ls="") for col in colours.values()]
+    handles += [plt.Line2D([], [], color="grey", ls="--", lw=0.8)]
+    names = [*(method_name(m) for m in colours), "Pareto front"]
+    fig.legend(handles, names, loc="lower center", ncol=4, fontsize=7.5, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    return fig
 
 
 def evaluator_figure(table: pd.DataFrame, metric: str = "tox_prob"):
@@ -276,15 +346,16 @@ def evaluator_figure(table: pd.DataFrame, metric: str = "tox_prob"):
 def figure_html(fig, name: str, alt: str) -> str:
     """The HTML fragment of a plotly figure for a book page: the figure in a ``div`` with id
     ``name`` (without plotly.js, which the book serves from ``_static``), described by ``alt`` for
-    screen readers, and a note for readers without JavaScript."""
+    screen readers."""
     _check_name(name)
     if not alt.strip():
         raise ValueError("alt must describe the figure in words (for screen readers), got an empty text")
     body = fig.to_html(full_html=False, include_plotlyjs=False, div_id=name,
                        config={"responsive": True, "displaylogo": False})
-    return (f'<div class="detox-plotly" role="img" aria-label="{html.escape(alt)}">{body}'
-            "<noscript>This interactive figure needs JavaScript; its data is in the table "
-            "below it, downloadable as CSV.</noscript></div>")
+    # the class on <html> hides the static versions of the figures on screen when JavaScript runs
+    # (book/_static/detox.css); in print and without JavaScript they are shown instead
+    return ('<script>document.documentElement.classList.add("detox-js")</script>'
+            f'<div class="detox-plotly" role="img" aria-label="{html.escape(alt)}">{body}</div>')
 
 
 def _check_name(name: str) -> None:

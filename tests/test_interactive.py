@@ -125,3 +125,16 @@ def test_csv_link_round_trips_and_links_the_file(tmp_path):
         interactive.csv_link(table, "../evil", folder=tmp_path)
     with pytest.raises(TypeError, match="DataFrame"):
         interactive.csv_link(table.to_dict(), "x", folder=tmp_path)
+
+
+def test_static_tradeoff_has_the_same_clipped_points_at_page_width():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    points = interactive.tradeoff_points(runs_table(), x_limit=120)
+    assert points.loc[points.clipped, "x"].eq(120).all() and points.clipped.sum() == 2  # b1 and b2
+    fig = interactive.tradeoff_static(runs_table(), x_limit=120, ppl_rule=0.25)
+    assert len(fig.axes) == 4 and fig.axes[0].get_xlim()[1] < 130
+    assert fig.get_size_inches()[0] * fig.dpi <= 700  # the book's text column is ~690 px
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert any("+4,100%" in t for t in texts)
