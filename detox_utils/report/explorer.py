@@ -175,9 +175,10 @@ def interpretation(s: dict) -> str:
             f"p = {s['p_early']:.2g}; the random draw has {s['early_random']}). {s['texts_toxic']} of the "
             f"{s['texts']} texts that activate them most are insults.")
     if s["neurons"]:
-        text += (f" Of the tokens the {s['neurons']} neurons among them promote, {s['promoted_seen']} occur "
-                 f"in the contrast texts at all and {s['promoted_more_toxic']} of those are more frequent "
-                 "in the insults than in the non-insults.")
+        text += (f" Of the {s['promoted']} tokens promoted by the {s['neurons']} of them at a neuron site "
+                 f"(logit lens), {s['promoted_seen']} occur in the contrast texts at all and "
+                 f"{s['promoted_more_toxic']} of those are more frequent in the insults than in the "
+                 "non-insults.")
     return text
 
 
