@@ -89,3 +89,15 @@ def test_compare_samples_messages_read_plainly():
     assert verify.compare_samples(stored, rerun) == [
         "samples.score.max: 1 of 2 rows differ (first: row 1, stored 0.5, rerun 0.75)"]
     assert verify.compare_samples(stored, stored.iloc[:1]) == ["samples: stored 2 rows, rerun 1"]
+
+
+def test_perplexity_is_compared_at_its_family_tolerance():
+    stored = {"perplexity": {"corpus_ppl": 98.16362}, "toxicity": {"max": {"emt": 0.25}}}
+    # a float32 reduction's 6th digit: accepted for perplexity ...
+    assert verify.compare_metrics(stored, {"perplexity": {"corpus_ppl": 98.16285},
+                                           "toxicity": {"max": {"emt": 0.25}}})[2] == []
+    # ... but not in 4th digit, and never for a toxicity number
+    assert verify.compare_metrics(stored, {"perplexity": {"corpus_ppl": 98.2},
+                                           "toxicity": {"max": {"emt": 0.25}}})[2]
+    assert verify.compare_metrics(stored, {"perplexity": {"corpus_ppl": 98.16362},
+                                           "toxicity": {"max": {"emt": 0.25 + 1e-6}}})[2]
