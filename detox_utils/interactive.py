@@ -35,6 +35,9 @@ METRICS = {"tox_prob": "toxicity probability", "emt": "expected maximum toxicity
 FONT = {"size": 12}
 SMALL = 10  # the smallest text of a figure, in px (labels of points)
 SYMBOLS = ("circle", "diamond", "square", "triangle-up", "star", "hexagon")
+GLYPHS = {"circle": "●", "diamond": "◆", "square": "■", "triangle-up": "▲", "star": "★",
+          "hexagon": "⬢", "circle-open": "○", "diamond-open": "◇", "square-open": "□", "triangle-right": "▶"}
+CROWD = 0.06  # a point's label is left out when another point is this close (share of each axis)
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
@@ -153,8 +156,29 @@ def tradeoff_points(table: pd.DataFrame, metric: str = "tox_prob", evaluator: st
     points["setting"] = [(setting_text(r.method, r.label)
                           + (f" → {r.dppl:+,.0f}%" if r.clipped else "")).strip()
                          for r in points.itertuples()]
+    points["labelled"] = _uncrowded(points, metric, x_limit)
     # the legend shows a trace's first marker: an unclipped one
     return points.sort_values(["benchmark", "model", "clipped", "preprompt", "label"])
+
+
+def _uncrowded(points: pd.DataFrame, metric: str, x_limit: float) -> pd.Series:
+    """True where a point's label fits: it is off scale, or no other point of its panel lies within
+    `CROWD` of each axis' span (the legend's key and the hover name every setting anyway)."""
+    span = x_limit - min(-5.0, float(points.x.min()))
+    keep = pd.Series(False, index=points.index)
+    for _, g in points.groupby(["model", "benchmark"]):
+        x, y = g.x.to_numpy() / span, g[metric].to_numpy()
+        near = (np.abs(x[:, None] - x[None]) < CROWD) & (np.abs(y[:, None] - y[None]) < CROWD)
+        keep[g.index] = (near.sum(axis=1) == 1) | g.clipped.to_numpy()
+    return keep & (points.setting != "")
+
+
+def legend_name(points: pd.DataFrame, method: str) -> str:
+    """``Det0: ● k=300 ◆ k=3000``: the method and a key from marker to setting."""
+    g = points[points.method == method].sort_values("clipped").drop_duplicates("label")
+    key = [f"{GLYPHS.get(r.symbol, '')} {setting_text(method, r.label) or 'default'}"
+           for r in g.sort_values(["preprompt", "label"]).itertuples()]
+    return f"{method_name(method)}: {' '.join(key)}" if len(key) > 1 else method_name(method)
 
 
 def _metric_label(metric: str, evaluator: str) -> str:
@@ -171,8 +195,9 @@ def tradeoff_figure(table: pd.DataFrame, metric: str = "tox_prob", evaluator: st
     """Toxicity (``metric`` under ``evaluator``, with its 95% CI) against the change in perplexity
     (% of the un-intervened model's), one panel per benchmark (rows) and model (columns).
 
-    One scatter trace per method and panel (one legend entry per method); the settings of a method
-    have their own marker and a text label; pre-prompted runs an open marker. Points beyond
+    One scatter trace per method and panel (one legend entry per method, keying its markers to its
+    settings); the settings of a method have their own marker, and a text label where it fits;
+    pre-prompted runs an open marker. Points beyond
     ``x_limit`` % are drawn at the axis edge as a right-pointing triangle labelled with their real
     change (`tradeoff_points`). The Pareto front (runs no other run beats on both axes) is a dashed
     step line; ``ppl_rule`` (a fraction, e.g. 0.25) draws the perplexity budget as a dotted line.
@@ -195,8 +220,8 @@ def tradeoff_figure(table: pd.DataFrame, metric: str = "tox_prob", evaluator: st
             if g.empty:
                 continue
             for method in methods:
-                _add_method(fig, go, g[g.method == method], method, metric, colours[method], r, c,
-                            method not in shown)
+                _add_method(fig, go, g[g.method == method], legend_name(points, method), metric,
+                            colours[method], r, c, method not in shown)
                 shown.add(method)
             front = g[g.front].sort_values("x")
             fig.add_trace(go.Scatter(x=front.x, y=front[metric], mode="lines", line_shape="hv",
@@ -226,7 +251,7 @@ def tradeoff_figure(table: pd.DataFrame, metric: str = "tox_prob", evaluator: st
     return fig
 
 
-def _add_method(fig, go, g: pd.DataFrame, method: str, metric: str, colour: str, row: int, col: int,
+def _add_method(fig, go, g: pd.DataFrame, name: str, metric: str, colour: str, row: int, col: int,
                 legend: bool) -> None:
     """One trace: every run of ``method`` in one panel."""
     if g.empty:
@@ -237,7 +262,8 @@ def _add_method(fig, go, g: pd.DataFrame, method: str, metric: str, colour: str,
              for r in g.itertuples()]
     y = g[metric].to_numpy()
     fig.add_trace(go.Scatter(
-        x=g.x, y=y, mode="markers+text", text=list(g.setting), hovertext=hover, hoverinfo="text",
+        x=g.x, y=y, mode="markers+text", hovertext=hover,
+        text=[t if shown else "" for t, shown in zip(g.setting, g.labelled)], hoverinfo="text",
         textposition=["middle left" if c else "top center" for c in g.clipped],
         textfont={"size": SMALL, "color": colour},
         marker={"color": colour, "size": 9, "symbol": list(g.symbol),
@@ -245,7 +271,7 @@ def _add_method(fig, go, g: pd.DataFrame, method: str, metric: str, colour: str,
         error_y={"type": "data", "symmetric": False, "array": g[f"{metric}_hi"].to_numpy() - y,
                  "arrayminus": y - g[f"{metric}_lo"].to_numpy(), "thickness": 1, "width": 2,
                  "color": colour},
-        name=method_name(method), legendgroup=method, showlegend=legend), row=row, col=col)
+        name=name, legendgroup=g.method.iloc[0], showlegend=legend), row=row, col=col)
 
 
 _MPL_MARKERS = {"circle": "o", "diamond": "D", "square": "s", "triangle-up": "^", "star": "*",
@@ -273,7 +299,7 @@ def tradeoff_static(table: pd.DataFrame, metric: str = "tox_prob", evaluator: st
             ax.errorbar(p.x, y, yerr=[[y - lo], [hi - y]], fmt=_MPL_MARKERS[shape], ms=5,
                         color=colour, mfc="white" if p.symbol.endswith("-open") else colour,
                         elinewidth=0.7, capsize=1.5)
-            if p.setting:
+            if p.labelled:
                 ax.annotate(p.setting, (p.x, y), xytext=(-3, 4) if p.clipped else (2, 4),
                             textcoords="offset points", fontsize=6.5, color=colour,
                             ha="right" if p.clipped else "left")
@@ -290,9 +316,9 @@ def tradeoff_static(table: pd.DataFrame, metric: str = "tox_prob", evaluator: st
             ax.set_ylabel(METRICS[metric], fontsize=8)
     handles = [plt.Line2D([], [], color=col, marker="o", ls="") for col in colours.values()]
     handles += [plt.Line2D([], [], color="grey", ls="--", lw=0.8)]
-    names = [*(method_name(m) for m in colours), "Pareto front"]
-    fig.legend(handles, names, loc="lower center", ncol=4, fontsize=7.5, frameon=False)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    names = [*(legend_name(points, m) for m in colours), "Pareto front"]
+    fig.legend(handles, names, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.13, 1, 1))
     return fig
 
 

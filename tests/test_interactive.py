@@ -33,7 +33,7 @@ def runs_table(evaluators=("a", "max")) -> pd.DataFrame:
 
 
 def method_traces(fig):
-    return [t for t in fig.data if t.name != "Pareto front"]
+    return [t for t in fig.data if t.legendgroup != "pareto"]
 
 
 def test_tradeoff_has_one_trace_per_method_and_panel_and_one_legend_entry_each():
@@ -41,31 +41,43 @@ def test_tradeoff_has_one_trace_per_method_and_panel_and_one_legend_entry_each()
     traces = method_traces(fig)
     per_panel = {}
     for t in traces:
-        per_panel.setdefault((t.xaxis, t.yaxis), []).append(t.name)
+        per_panel.setdefault((t.xaxis, t.yaxis), []).append(t.legendgroup)
     assert len(per_panel) == 4  # 2 benchmarks x 2 models
-    assert sorted(per_panel[("x", "y")]) == ["Det0", "Meow2X", "No intervention"]
+    assert sorted(per_panel[("x", "y")]) == ["det0", "meow2x", "none"]
     assert all(len(names) == len(set(names)) for names in per_panel.values())
-    assert sorted(t.name for t in traces if t.showlegend) == ["Det0", "Meow2X", "No intervention"]
+    assert sorted(t.legendgroup for t in traces if t.showlegend) == ["det0", "meow2x", "none"]
+    names = {t.legendgroup: t.name for t in traces if t.showlegend}
+    assert names["det0"] == "Det0: ● k=300 ◆ k=3000"  # the legend keys each marker to its setting
+    assert names["none"] == "No intervention: ● default ○ pre-prompt"
 
 
 def test_tradeoff_settings_of_a_method_have_their_own_marker_and_label():
-    fig = interactive.tradeoff_figure(runs_table(), x_limit=150)
-    det0 = next(t for t in fig.data if t.name == "Det0" and t.xaxis == "x")
+    table = runs_table()
+    fig = interactive.tradeoff_figure(table[table.method != "meow2x"], x_limit=150)  # nothing crowded
+    det0 = next(t for t in fig.data if t.legendgroup == "det0" and t.xaxis == "x")
     assert list(det0.text) == ["k=300", "k=3000"]
     assert len(set(det0.marker.symbol)) == 2
-    base = next(t for t in fig.data if t.name == "No intervention" and t.xaxis == "x")
+    base = next(t for t in fig.data if t.legendgroup == "none" and t.xaxis == "x")
     assert "pre-prompt" in list(base.text) and any(s.endswith("-open") for s in base.marker.symbol)
 
 
 def test_tradeoff_clips_the_outlier_at_the_axis_edge_and_marks_it():
     fig = interactive.tradeoff_figure(runs_table(), x_limit=120, ppl_rule=0.25)
-    meow = next(t for t in fig.data if t.name == "Meow2X" and t.xaxis == "x")
+    meow = next(t for t in fig.data if t.legendgroup == "meow2x" and t.xaxis == "x")
     xs, texts, symbols = list(meow.x), list(meow.text), list(meow.marker.symbol)
     i = xs.index(max(xs))
     assert xs[i] == 120 and symbols[i] == "triangle-right"
     assert "+4,100%" in texts[i] and "off scale" in meow.hovertext[i]
     assert fig.layout.xaxis.range[1] < 130  # the axis stops near the limit, not at +4,100%
     assert symbols[0] != "triangle-right"  # the legend shows an unclipped marker
+
+
+def test_tradeoff_leaves_out_labels_of_crowded_points():
+    table = runs_table()
+    table.loc[table.label == "Det0 k=300", ["ppl", "tox_prob"]] = [101.0, 0.6]  # on the baseline
+    det0 = next(t for t in interactive.tradeoff_figure(table).data
+                if t.legendgroup == "det0" and t.xaxis == "x")
+    assert list(det0.text) == ["", "k=3000"] and "Det0 k=300" in det0.hovertext[0]
 
 
 @pytest.mark.parametrize("kwargs, message", [
