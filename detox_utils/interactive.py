@@ -153,12 +153,25 @@ def tradeoff_points(table: pd.DataFrame, metric: str = "tox_prob", evaluator: st
     base = [symbols.get((r.method, r.label), "circle") for r in points.itertuples()]
     points["symbol"] = ["triangle-right" if r.clipped else b + ("-open" if r.preprompt else "")
                         for b, r in zip(base, points.itertuples())]
-    points["setting"] = [(setting_text(r.method, r.label)
-                          + (f" → {r.dppl:+,.0f}%" if r.clipped else "")).strip()
+    short = _short_settings(points)
+    points["setting"] = [(short[r.label] + (f" → {r.dppl:+,.0f}%" if r.clipped else "")).strip()
                          for r in points.itertuples()]
     points["labelled"] = _uncrowded(points, metric, x_limit)
     # the legend shows a trace's first marker: an unclipped one
     return points.sort_values(["benchmark", "model", "clipped", "preprompt", "label"])
+
+
+def _short_settings(points: pd.DataFrame) -> dict[str, str]:
+    """Each label's setting without the parameters all settings of its method share
+    (``Damp k=3000 α=0.5`` -> ``α=0.5`` when every Damp run has k=3000)."""
+    short = {}
+    for method, g in points.groupby("method"):
+        settings = {lab: setting_text(method, lab) for lab in g.label.unique()}
+        plain = [set(settings[lab].split()) for lab in g[~g.preprompt].label.unique()]
+        common = set.intersection(*plain) if len(plain) > 1 else set()
+        short.update({lab: " ".join(w for w in text.split() if w not in common)
+                      for lab, text in settings.items()})
+    return short
 
 
 def _uncrowded(points: pd.DataFrame, metric: str, x_limit: float) -> pd.Series:
@@ -264,7 +277,7 @@ def _add_method(fig, go, g: pd.DataFrame, name: str, metric: str, colour: str, r
     fig.add_trace(go.Scatter(
         x=g.x, y=y, mode="markers+text", hovertext=hover,
         text=[t if shown else "" for t, shown in zip(g.setting, g.labelled)], hoverinfo="text",
-        textposition=["middle left" if c else "top center" for c in g.clipped],
+        textposition=["middle left" if c else "top right" for c in g.clipped],
         textfont={"size": SMALL, "color": colour},
         marker={"color": colour, "size": 9, "symbol": list(g.symbol),
                 "line": {"color": colour, "width": 1.5}},
@@ -317,8 +330,8 @@ def tradeoff_static(table: pd.DataFrame, metric: str = "tox_prob", evaluator: st
     handles = [plt.Line2D([], [], color=col, marker="o", ls="") for col in colours.values()]
     handles += [plt.Line2D([], [], color="grey", ls="--", lw=0.8)]
     names = [*(legend_name(points, m) for m in colours), "Pareto front"]
-    fig.legend(handles, names, loc="lower center", ncol=3, fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.13, 1, 1))
+    fig.legend(handles, names, loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.17, 1, 1))
     return fig
 
 
