@@ -30,6 +30,7 @@ EXTRA_PAGES_WITH_FIGURES = ("book/evaluators",)
 # a Sphinx/docutils warning line ("path:line: WARNING: ..." or "WARNING: ..."); the kernel's own
 # "[IPKernelApp] WARNING | ..." notice is not one
 SPHINX_WARNING = re.compile(r"(^|: )(WARNING|ERROR|CRITICAL): ", re.M)
+VOID_TAGS = {"br", "img", "hr", "input", "meta", "link", "col", "source", "wbr"}
 ERROR_NAME = re.compile(r"\b[A-Z]\w*(Error|Exception)\b")
 
 
@@ -46,6 +47,7 @@ class _Outputs(HTMLParser):
     def __init__(self):
         super().__init__()
         self.depth = 0  # >0 while inside a div.cell_output
+        self.quoted = 0  # >0 while inside an element of class detox-quoted (data quoted as it is)
         self.output_text: list[str] = []
         self.classes: list[str] = []
         self.images: list[str] = []
@@ -56,19 +58,22 @@ class _Outputs(HTMLParser):
         self.classes.append(cls)
         if tag == "img":
             self.images.append(attrs.get("src") or "")
-        if tag in {"br", "img", "hr", "input", "meta", "link"}:
+        if tag in VOID_TAGS:
             return
         if self.depth:
             self.depth += 1
+            if self.quoted or "detox-quoted" in cls.split():
+                self.quoted += 1
         elif tag == "div" and "cell_output" in cls.split():
             self.depth = 1
 
     def handle_endtag(self, tag):
-        if self.depth and tag not in {"br", "img", "hr", "input", "meta", "link"}:
+        if self.depth and tag not in VOID_TAGS:
             self.depth -= 1
+            self.quoted = max(0, self.quoted - 1)
 
     def handle_data(self, data):
-        if self.depth:
+        if self.depth and not self.quoted:  # quoted data (a model's vocabulary, a text) is no error
             self.output_text.append(data)
 
 
@@ -324,3 +329,12 @@ def test_retitle_drops_progress_bars_but_keeps_other_stderr(tmp_path):
     report.retitle_notebook(path, "New")
     cells = json.loads(path.read_text())["cells"]
     assert cells[0]["source"] == "# New" and cells[1]["outputs"] == [warning, out]
+
+
+def test_page_checks_skip_quoted_data_but_not_what_follows(tmp_path):
+    page = tmp_path / "p.html"
+    page.write_text('<div class="cell_output"><table class="detox-quoted"><colgroup><col></colgroup>'
+                    '<tr><td>OutOfRangeException</td></tr></table><p>after</p></div>', encoding="utf-8")
+    parsed = _parse(page)
+    assert "OutOfRangeException" not in " ".join(parsed.output_text)
+    assert "after" in " ".join(parsed.output_text)

@@ -104,7 +104,9 @@ def _tokens_html(entries: list[dict]) -> str:
 
 def units_table_html(record: dict, table_id: str) -> str:
     """The top units of ``record`` as an HTML table with a filter box (plain JavaScript, no library):
-    typing keeps the rows whose text contains what was typed (a site, a layer, a token, a word)."""
+    typing keeps the rows whose text contains what was typed (a site, a layer, a token, a word). The
+    table has class ``detox-quoted``: its texts and tokens are data (a code model's vocabulary holds
+    names like ``OutOfRangeException``), which the book test's error scan skips."""
     rows = []
     for u in record["units"]:
         write = u["write"]
@@ -123,7 +125,7 @@ def units_table_html(record: dict, table_id: str) -> str:
         f'<div class="detox-explorer"><label>Filter the {len(rows)} units of {html.escape(record["model"])}: '
         f'<input type="search" placeholder="a site, layer (L7), token or word" '
         f'oninput="{html.escape(script)}"></label>'
-        f'<table id="{tid}" class="table detox-units"><caption>{html.escape(record["model"])}: the '
+        f'<table id="{tid}" class="table detox-units detox-quoted"><caption>{html.escape(record["model"])}: the '
         f'{len(rows)} units with the highest AUROC</caption><colgroup><col style="width:3em">'
         '<col style="width:7.5em"><col style="width:5.2em"><col><col style="width:24%"></colgroup>'
         '<thead><tr><th>#</th><th>unit (site, layer, index)</th><th>AUROC</th>'
