@@ -109,6 +109,7 @@ def measure() -> None:
 
     from detox_utils import batch
     from detox_utils._io import cache_root
+    from detox_utils.config import EvalConfig
 
     real_models = cache_root() / "models"
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,7 +132,9 @@ def measure() -> None:
         papermill_s = time.perf_counter() - start
         if summary["status"] != "ok":
             sys.exit(f"the papermill run failed; see {tmp / 'papermill'}")
-        params = {**TINY, "result_dir": str(tmp / "inproc"), "progress": False, "device": "cpu"}
+        # what run_one injects: the whole validated config (so the same config hash), then its extras
+        params = {**EvalConfig.from_params(TINY).to_dict(), "result_dir": str(tmp / "inproc"),
+                  "progress": False, "device": "auto"}
         (tmp / "inproc").mkdir()
         cold_s = notebook_in_process(params)
         warm_s = notebook_in_process(params)
