@@ -3,7 +3,8 @@
 1. *Committed runs* (read only): for each grid folder (``results/default``, ``results/powered``), per
    model, the median of each step the notebook times (``provenance.timings``: load_model, fit,
    generate, score, capability; older runs: perplexity) and, from the executed notebooks' papermill
-   metadata, the kernel start (papermill's start to the first cell), the set-up cells (parameters, imports, config), writing the result (last
+   metadata, the kernel start (papermill's start to the first cell),
+   the set-up cells (parameters, imports, config), writing the result (last
    cell) and the notebook's whole duration. The *fixed* overhead of a run is what it pays whatever it
    computes and a warm worker would not: kernel start + set-up cells + model load. Its median over the
    grid's runs, divided by the median run duration, is the issue's figure (goal <= 0.10).
