@@ -188,7 +188,7 @@ def page_problems(browser, base_url: str, page: str) -> list[str]:
 # Known defects, found by this check when it was written and not yet mended: matplotlib images shown
 # as plain cell outputs (no glue figure, so no alt text or caption) on these pages, and two console
 # messages of the theme on the first page a browser opens (a favicon request and an empty theme
-# mode; _config.yml now sets html_favicon and default_mode). The check is a ratchet: any other
+# mode; _config.yml now sets html_favicon). The check is a ratchet: any other
 # problem, on any page, fails it; mend a page and take it off this list.
 KNOWN_IMAGE_DEFECTS = {"book/evaluators", "book/evidence", "book/claims", "book/localization",
                        "results/localization/localize-smollm2-135m",
