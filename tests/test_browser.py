@@ -195,18 +195,19 @@ KNOWN_IMAGE_DEFECTS = {"book/evaluators", "book/evidence", "book/claims", "book/
                        "results/localization/localize-gemma3-270m",
                        "results/localization/localize-qwen2.5-coder-0.5b"}
 KNOWN_CONSOLE = ("favicon.ico", "invalid theme mode")
-_IMAGE_DEFECTS = (": no alt text", ": its alt text is its file name", ": no caption (not in a captioned figure)")
+_IMAGE_DEFECTS = (": no alt text", ": its alt text is its file name (", ": no caption (not in a captioned figure)")
 
 
 def known(page: str, problem: str) -> bool:
     """Whether ``problem`` on ``page`` is one of the listed, not yet mended, defects."""
     if problem.startswith("console error: "):
         return any(k in problem for k in KNOWN_CONSOLE)
-    return page in KNOWN_IMAGE_DEFECTS and problem.startswith("image ") and problem.endswith(_IMAGE_DEFECTS)
+    return page in KNOWN_IMAGE_DEFECTS and problem.startswith("image ") and any(d in problem for d in _IMAGE_DEFECTS)
 
 
 def test_known_defects_are_narrow():
     assert known("book/localization", "image a.png: no alt text")
+    assert known("book/evidence", "image a.png: its alt text is its file name ('../_images/a.png')")
     assert not known("book/methods", "image a.png: no alt text")
     assert not known("book/localization", "horizontal overflow: 1400 px of content in a 1280 px window")
     assert not known("book/intro", "console error: Uncaught SyntaxError")
