@@ -522,7 +522,11 @@ def plot_effects(eff: pd.DataFrame, evaluator: str = "max", clip: float = 20.0):
     its random controls' mean factor (open), one panel per model; factors above ``clip`` drawn at it."""
     import matplotlib.pyplot as plt
 
-    sub = eff[(eff.evaluator == evaluator) & eff.factor.notna()].copy()
+    if not len(eff) or not (sub := eff[(eff.evaluator == evaluator) & eff.factor.notna()].copy()).shape[0]:
+        fig, ax = plt.subplots(figsize=(6, 1.2))
+        ax.text(0.5, 0.5, "no intervention run yet", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
     sub["row"] = sub.setting + np.where(sub.preprompt, " + pre-prompt", "") + " | " + sub.benchmark
     models = list(dict.fromkeys(sub.model))
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models) + 2.5, 0.32 * sub.row.nunique() + 1.6),

@@ -66,3 +66,33 @@ def test_the_one_cli_runs_the_maintainer_tools(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["curate", "--help"])
     assert exit_info.value.code == 0 and "--archives" in capsys.readouterr().out
+
+
+def test_layer_heatmaps_share_one_colour_scale():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import QuadMesh
+
+    records = [r for r in report.load_localization() if r["config"]["score"] == "auroc"]
+    fig = report.plot_layer_heatmaps(records)
+    meshes = [c for ax in fig.axes for c in ax.collections if isinstance(c, QuadMesh)]
+    assert len(meshes) == len(records) >= 2
+    top = max(max(s["layer_score"]["point"]) for r in records for s in r["summary"].values())
+    assert {m.get_clim() for m in meshes} == {(0.0, top)}
+    plt.close(fig)
+
+
+def test_empty_effects_plot_says_so():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from detox_utils import evidence
+
+    fig = evidence.plot_effects(pd.DataFrame())
+    assert "no intervention run yet" in [t.get_text() for ax in fig.axes for t in ax.texts]
+    plt.close(fig)

@@ -171,6 +171,18 @@ def model_cards() -> pd.DataFrame:
     return pd.DataFrame(cards)
 
 
+def model_scale(cards: pd.DataFrame | None = None) -> dict[str, str]:
+    """What the pages say of the packaged models' size, read from their model cards (never typed):
+    ``params`` ("134.5 M, 268.1 M and 494.0 M parameters"), ``bits`` ("5.7 to 7.4"), ``n`` ("three")."""
+    cards = model_cards() if cards is None else cards
+    params = sorted(cards.loc["parameters (from the GGUF tensor table)"], key=lambda v: float(v.split()[0]))
+    bits = cards.loc["mean bits per weight as stored"].astype(float)
+    words = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
+    listed = params[0] if len(params) == 1 else ", ".join(params[:-1]) + " and " + params[-1]
+    return {"params": f"{listed} parameters", "bits": f"{bits.min():.1f} to {bits.max():.1f}",
+            "n": words.get(len(params), str(len(params)))}
+
+
 def _bits_per_weight(ggml_type: str) -> float:
     """Bits one weight takes in a GGML storage type (block bytes * 8 / weights per block)."""
     from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType

@@ -54,18 +54,58 @@ def plot_layer_scores(record: dict, ax=None):
     return ax
 
 
-def plot_layer_heatmap(record: dict, ax=None):
-    """Sites x layers heatmap of the per-layer score."""
+def _heatmap_table(record: dict) -> pd.DataFrame:
+    """Sites x layers table of the per-layer score point estimates."""
+    return pd.DataFrame({SITE_LABELS.get(site, site): summ["layer_score"]["point"]
+                         for site, summ in record["summary"].items()}).T
+
+
+def plot_layer_heatmap(record: dict, ax=None, vmin: float | None = None, vmax: float | None = None,
+                       cbar: bool = True):
+    """Sites x layers heatmap of the per-layer score; ``vmin``/``vmax`` fix the colour scale (to
+    compare models on one scale, see `plot_layer_heatmaps`)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    table = pd.DataFrame({SITE_LABELS.get(site, site): summ["layer_score"]["point"]
-                          for site, summ in record["summary"].items()}).T
+    table = _heatmap_table(record)
     ax = ax or plt.subplots(figsize=(9, 0.6 + 0.45 * len(table)))[1]
-    sns.heatmap(table, ax=ax, cmap="rocket_r", cbar_kws={"label": _score_label(record)})
+    sns.heatmap(table, ax=ax, cmap="rocket_r", vmin=vmin, vmax=vmax, cbar=cbar,
+                cbar_kws={"label": _score_label(record)} if cbar else None)
     ax.set_xlabel("layer")
+    _sparse_layer_ticks(ax, table.shape[1])
     ax.set_title(f"{record['model']}: where toxicity-selective units sit", fontsize=10)
     return ax
+
+
+def plot_layer_heatmaps(records: list[dict]):
+    """One heatmap per model (stacked), all on one colour scale (0 to the largest score of any
+    model) with one colour bar beside them, so that a shade means the same share in every model."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    tables = [_heatmap_table(r) for r in records]
+    vmax = max(float(np.nanmax(t.to_numpy(float))) for t in tables)
+    heights = [0.45 * len(t) + 0.7 for t in tables]
+    fig = plt.figure(figsize=(9, sum(heights) + 0.4))
+    grid = fig.add_gridspec(len(records), 2, height_ratios=heights, width_ratios=[50, 1])
+    cax = fig.add_subplot(grid[:, 1])
+    for i, (rec, table) in enumerate(zip(records, tables)):
+        ax = fig.add_subplot(grid[i, 0])
+        sns.heatmap(table, ax=ax, cmap="rocket_r", vmin=0.0, vmax=vmax, cbar=i == 0,
+                    cbar_ax=cax if i == 0 else None,
+                    cbar_kws={"label": _score_label(rec)} if i == 0 else None)
+        ax.set_xlabel("layer")
+        _sparse_layer_ticks(ax, table.shape[1])
+        ax.set_title(f"{rec['model']} ({table.shape[1]} layers)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _sparse_layer_ticks(ax, n_layers: int, every: int = 2) -> None:
+    """Label every ``every``-th layer of a heatmap (cell centres at i + 0.5), so that two-digit layer
+    numbers do not run together."""
+    ticks = list(range(0, n_layers, every))
+    ax.set_xticks([t + 0.5 for t in ticks], [str(t) for t in ticks], rotation=0)
 
 
 def plot_unit_distribution(record: dict, site: str, ax=None):
