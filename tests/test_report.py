@@ -77,7 +77,7 @@ def test_layer_heatmaps_share_one_colour_scale():
 
     records = [r for r in report.load_localization() if r["config"]["score"] == "auroc"]
     fig = report.plot_layer_heatmaps(records)
-    meshes = [c for ax in fig.axes for c in ax.collections if isinstance(c, QuadMesh)]
+    meshes = [c for ax in fig.axes if ax.get_title() for c in ax.collections if isinstance(c, QuadMesh)]
     assert len(meshes) == len(records) >= 2
     top = max(max(s["layer_score"]["point"]) for r in records for s in r["summary"].values())
     assert {m.get_clim() for m in meshes} == {(0.0, top)}
