@@ -382,6 +382,48 @@ def evaluator_figure(table: pd.DataFrame, metric: str = "tox_prob"):
     return fig
 
 
+def evaluator_static(table: pd.DataFrame, metric: str = "tox_prob"):
+    """The same dots as `evaluator_figure` as a matplotlib figure sized for the book's ~690 px text
+    column (for print and for readers without JavaScript): one panel per model (rows) and benchmark
+    (columns), one line per run, a dot per evaluator and an open diamond for the max."""
+    import matplotlib.pyplot as plt
+
+    _require(table, ["model", "benchmark", "method", "label", "preprompt", "evaluator", "n_prompts",
+                     "n_samples"], "evaluator_static")
+    _check_metric(metric, table, with_ci=False)
+    benches, models = _panels(table)
+    evaluators = sorted(set(table.evaluator) - {"max"})
+    order = {m: i for i, m in enumerate(method_order(table.method.unique()))}
+    labels = (table.drop_duplicates("label").assign(o=lambda t: t.method.map(order))
+              .sort_values(["o", "preprompt", "label"]).label.tolist())
+    y = {label: i for i, label in enumerate(labels)}
+    n = table.groupby(["model", "benchmark"]).n_prompts.max()
+    fig, axes = plt.subplots(len(models), len(benches), sharex=True, sharey=True, squeeze=False, dpi=110,
+                             figsize=(6.3, (0.15 * len(labels) + 0.7) * len(models) + 0.6))
+    for (r, model), (c, bench) in ((rm, cb) for rm in enumerate(models) for cb in enumerate(benches)):
+        ax, g = axes[r, c], table[(table.model == model) & (table.benchmark == bench)]
+        ax.set_title(f"{model} / {bench}\nn = {int(n.get((model, bench), 0))} prompts", fontsize=7.5)
+        for i, name in enumerate(evaluators + ["max"]):
+            e = g[g.evaluator == name]
+            is_max = name == "max"
+            ax.plot(e[metric], e.label.map(y), "D" if is_max else "o", ms=5 if is_max else 3.5,
+                    mfc="none" if is_max else PALETTE[i], color="black" if is_max else PALETTE[i],
+                    mew=1.0 if is_max else 0, alpha=1.0 if is_max else 0.85, ls="")
+        ax.set_xlim(-0.03, 1.03)
+        ax.grid(axis="x", color="#e5e5e5", lw=0.6)
+        ax.tick_params(labelsize=7)
+        if r == len(models) - 1:
+            ax.set_xlabel(METRICS[metric], fontsize=7.5)
+    axes[0, 0].set_yticks(range(len(labels)), labels)
+    axes[0, 0].invert_yaxis()
+    handles = [plt.Line2D([], [], color=PALETTE[i], marker="o", ls="", ms=4) for i in range(len(evaluators))]
+    handles.append(plt.Line2D([], [], color="black", marker="D", mfc="none", ls="", ms=5))
+    fig.legend(handles, [*evaluators, "max over evaluators"], loc="lower center", ncol=3, fontsize=7,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0.35 / fig.get_size_inches()[1], 1, 1))
+    return fig
+
+
 def figure_html(fig, name: str, alt: str) -> str:
     """The HTML fragment of a plotly figure for a book page: the figure in a ``div`` with id
     ``name`` (without plotly.js, which the book serves from ``_static``), described by ``alt`` for

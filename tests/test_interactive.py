@@ -150,3 +150,24 @@ def test_static_tradeoff_has_the_same_clipped_points_at_page_width():
     assert fig.get_size_inches()[0] * fig.dpi <= 700  # the book's text column is ~690 px
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert any("+4,100%" in t for t in texts)
+
+
+def test_static_evaluator_figure_has_every_run_and_evaluator_at_page_width():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = runs_table()
+    fig = interactive.evaluator_static(table)
+    assert fig.get_size_inches()[0] * fig.dpi <= 700
+    assert len(fig.axes) == table.model.nunique() * table.benchmark.nunique()
+    ax = fig.axes[0]
+    n_points = sum(len(line.get_xdata()) for line in ax.lines if line.get_marker() in ("o", "D"))
+    first = table[(table.model == sorted(table.model.unique())[0]) & (table.benchmark == sorted(table.benchmark.unique())[0])]
+    assert n_points == len(first)  # one dot per run and evaluator, the max included
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend[-1] == "max over evaluators" and len(legend) == table.evaluator.nunique()
+    with pytest.raises(ValueError):
+        interactive.evaluator_static(table.drop(columns="label"))
+    plt.close(fig)
