@@ -55,17 +55,17 @@ LOC_RESULTS := $(foreach m,$(LOC_MODELS),results/localization/$(m)__auroc-max.js
 results/localization/%__auroc-max.json: | $(STAMP)
 	$(VENV)/bin/papermill notebooks/localize.ipynb results/localization/localize-$*.ipynb \
 	    -p model $* -p progress False --cwd notebooks --no-progress-bar
-	$(PY) -m detox_utils.report retitle results/localization/localize-$*.ipynb \
+	$(PY) -m detox_utils book retitle results/localization/localize-$*.ipynb \
 	    --title "Localization notebook: $*"
 
 results/evaluators/validation.json: | $(STAMP)
-	$(PY) -m detox_utils.validate_evaluators
+	$(PY) -m detox_utils validate-evaluators
 
 results: $(STAMP) $(LOC_RESULTS) results/evaluators/validation.json
 	$(PY) -m detox_utils batch --profile $(PROFILE) --out $(RESULTS)
 
 book: results
-	$(PY) -m detox_utils.report build --results $(RESULTS)
+	$(PY) -m detox_utils book build --results $(RESULTS)
 
 # The evidence grid behind the book's Evidence page (hours on 2 CPU cores; finished runs are skipped,
 # so it resumes where it stopped). `make book` builds from whatever part of it is committed.

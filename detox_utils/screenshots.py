@@ -81,7 +81,7 @@ def page_file(page: str, html_dir: str | Path = HTML_DIR) -> Path:
     path = Path(html_dir) / f"{page}.html"
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path} not found: build the book first (python -m detox_utils.report build)")
+            f"{path} not found: build the book first (python -m detox_utils book build)")
     return path
 
 
@@ -168,7 +168,7 @@ def shoot_all(out_dir: str | Path, pages: list[str] | None = None, html_dir: str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m detox_utils.screenshots",
+    parser = argparse.ArgumentParser(prog="python -m detox_utils screenshots",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", help="folder for the PNG files")
     parser.add_argument("--pages", nargs="+", help="pages as in _toc.yml, e.g. book/methods")

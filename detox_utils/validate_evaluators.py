@@ -212,7 +212,7 @@ def read_scores(out: str | os.PathLike = DEFAULT_OUT) -> pd.DataFrame:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m detox_utils validate-evaluators", description=__doc__.split("\n\n")[0])
     parser.add_argument("--names", nargs="*", default=None, help=f"evaluators (default: {' '.join(_default_names())})")
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)

@@ -1,6 +1,6 @@
 """Building the book once per test session, for tests/test_book.py and tests/test_browser.py (the
 `built_book` fixture of conftest.py): a strict build (`jupyter-book build --all -W -n --keep-going`, as
-`python -m detox_utils.report build` does) into a temporary folder, with a fresh execution cache so
+`python -m detox_utils book build` does) into a temporary folder, with a fresh execution cache so
 that every notebook page really runs."""
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The Jupyter Book builds strictly and its pages are whole; helpers of the book pages and screenshots.
 
 The slow tests read the book built once per session (`built_book` in conftest.py, tests/_book.py:
-`jupyter-book build --all -W -n --keep-going`, as `python -m detox_utils.report build` does, into a
+`jupyter-book build --all -W -n --keep-going`, as `python -m detox_utils book build` does, into a
 temporary folder with a fresh execution cache so that every notebook page really runs) and check
 that every page of `_toc.yml` was written, that the result pages (the part captioned "Results") and
 the evaluator page carry figures, that no page shows an error, a traceback or stderr output, and that

@@ -14,7 +14,7 @@ One module per book page, plus what they share:
 - `cross_evaluator` book/cross_evaluator.md
 - `claims`          book/claims.md
 - `cards`           data, model and evaluator cards (book/data_models.md, book/evaluators.md)
-- `build`           the book build and ``python -m detox_utils.report build|retitle``
+- `build`           the book build and ``python -m detox_utils book build|retitle``
 
 Every public name of these modules is available here (``from detox_utils import report;
 report.runs()``); the build function itself is ``report.build.build``.

@@ -1,5 +1,5 @@
-"""The book build and its command line: ``python -m detox_utils.report build [--results DIR]
-[--no-strict]`` builds the book strictly with jupyter-book, ``python -m detox_utils.report retitle
+"""The book build and its command line: ``python -m detox_utils book build [--results DIR]
+[--no-strict]`` builds the book strictly with jupyter-book, ``python -m detox_utils book retitle
 NOTEBOOK --title TITLE`` gives an executed notebook its own page title."""
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def retitle_notebook(path: str | Path, title: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m detox_utils.report")
+    parser = argparse.ArgumentParser(prog="python -m detox_utils book")
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build the book strictly from the committed results")
     b.add_argument("--no-strict", action="store_true")
