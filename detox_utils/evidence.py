@@ -519,14 +519,52 @@ def mde_table(pw: pd.DataFrame) -> pd.DataFrame:
 
 def plot_effects(eff: pd.DataFrame, evaluator: str = "max", clip: float = 20.0):
     """Forest plot: each setting's toxicity-probability factor with its 95% interval (filled) beside
-    its random controls' mean factor (open), one panel per model; factors above ``clip`` drawn at it."""
+    its random controls' mean factor (open), one panel per model stacked at the book's page width
+    (6.3 in at 110 dpi, so 7-pt type renders at ~11 px); factors above ``clip`` drawn at it."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullLocator
 
     if not len(eff) or not (sub := eff[(eff.evaluator == evaluator) & eff.factor.notna()].copy()).shape[0]:
-        fig, ax = plt.subplots(figsize=(6, 1.2))
+        fig, ax = plt.subplots(figsize=(6.3, 1.2), dpi=110)
         ax.text(0.5, 0.5, "no intervention run yet", ha="center", va="center")
         ax.set_axis_off()
         return fig
+    sub["row"] = sub.setting + np.where(sub.preprompt, " + pre-prompt", "") + " | " + sub.benchmark
+    models = list(dict.fromkeys(sub.model))
+    rows = sorted(sub.row.unique())
+    y = {r: i for i, r in enumerate(rows)}
+    fig, axes = plt.subplots(len(models), 1, figsize=(6.3, (0.16 * len(rows) + 0.55) * len(models) + 0.7),
+                             dpi=110, sharex=True, squeeze=False)
+    lows, highs = [], []
+    for ax, model in zip(axes[:, 0], models):
+        m = sub[sub.model == model]
+        f, lo, hi = (np.minimum(m[c].fillna(clip).to_numpy(float), clip) for c in ("factor", "lo", "hi"))
+        lows.append(np.nanmin(lo)), highs.append(np.nanmax(hi))
+        ys = m.row.map(y).to_numpy()
+        ax.errorbar(f, ys, xerr=[np.maximum(f - lo, 0), np.maximum(hi - f, 0)], fmt="o", ms=3.5,
+                    color="C0", lw=1, label="localized units (95% interval)")
+        ctl = m[m.n_controls > 0]
+        ax.plot(np.minimum(ctl.control_factor, clip), ctl.row.map(y), "o", ms=5, mfc="none", color="C3",
+                label="random units at equal damage (mean of seeds)")
+        ax.axvline(1, color="0.4", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_yticks(range(len(rows)), rows)
+        ax.set_ylim(len(rows) - 0.5, -0.5)
+        ax.tick_params(labelsize=7)
+        ax.set_title(model, fontsize=8, loc="left")
+        ax.grid(axis="x", color="0.9", lw=0.6)
+    lo_all, hi_all = min(lows), max(highs)
+    ticks = [t for t in (0.25, 0.33, 0.5, 0.67, 0.8, 1, 1.25, 1.5, 2, 3, 5, 10, 20) if lo_all / 1.2 <= t <= hi_all * 1.2]
+    ax = axes[-1, 0]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{t:g}" for t in ticks])
+    ax.set_xlabel("toxicity-probability factor, plain / intervened (log scale; > 1 is less toxic)", fontsize=7.5)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: not labels[i].startswith("localized"))
+    fig.legend([handles[i] for i in order], [labels[i] for i in order], loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.04 if len(models) > 1 else 0.09, 1, 1))
+    return fig
     sub["row"] = sub.setting + np.where(sub.preprompt, " + pre-prompt", "") + " | " + sub.benchmark
     models = list(dict.fromkeys(sub.model))
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models) + 2.5, 0.32 * sub.row.nunique() + 1.6),

@@ -121,6 +121,10 @@ def test_figures_draw(grid):
     eff = evidence.effects(grid, evaluators=["max"], n_boot=200)
     fig = evidence.plot_effects(eff)
     assert len(fig.axes) == 1 and fig.axes[0].get_xscale() == "log"
+    # drawn at the book's page width: 6.3 in at 110 dpi, no type under 7 pt (~11 px on screen)
+    assert fig.get_size_inches()[0] <= 6.5 and fig.dpi == 110
+    sizes = [t.get_fontsize() for t in fig.findobj(matplotlib.text.Text) if t.get_text()]
+    assert sizes and min(sizes) >= 7
     rng = np.random.default_rng(0)
     records = [{"model": f"m{L}", "summary": {"post": {"layer_score": {
         "point": rng.random(L).tolist(), "boot": rng.random((20, L)).tolist()}}}} for L in (6, 9)]
