@@ -446,10 +446,10 @@ def _preprompt_verdict(pre: pd.DataFrame) -> str:
     lifted = (p_i < ALPHA) & (pre.i_aura_pre.to_numpy() > pre.i_aura.to_numpy())
     still = (p_ii < ALPHA) & (pre.ii_aura_pre_vs_pre.to_numpy() > 1)
     both = int((lifted & still).sum())
-    return (f"reading (i): lift significant in {int(lifted.sum())} of {len(pre)} cells; "
-            f"with AURA also significant on the pre-prompted model: {both}" +
-            (" — reproduces" if both == len(pre) else " — does not reproduce" if not lifted.any()
-             else " — partly"))
+    verdict = ("reproduces" if both == len(pre) else "does not reproduce" if not lifted.any() else "partly")
+    return (f"{verdict}: reading (i), the lift from the pre-prompt is significant (Holm) in "
+            f"{int(lifted.sum())} of {len(pre)} cells; reading (ii), AURA still reduces toxicity on the "
+            f"pre-prompted model in {int(still.sum())} of {len(pre)}; both in {both}")
 
 
 def grid_status(folder: str | Path = POWERED, profile: str = "powered") -> pd.DataFrame:

@@ -49,7 +49,9 @@ return {
   images: [...main.querySelectorAll('img')].map(img => ({
     src: img.getAttribute('src') || '', alt: (img.getAttribute('alt') || '').trim(), caption: caption(img)})),
   figures: [...main.querySelectorAll('figure')].map(fig => ({
-    id: fig.id || '', caption: caption(fig)})),
+    id: fig.id || '', caption: caption(fig),
+    swallowed: [...fig.querySelectorAll('figcaption h1, figcaption h2, figcaption h3, figcaption .admonition,'
+                + ' figcaption section')].map(el => el.innerText.trim().split('\\n')[0].slice(0, 60))})),
 };
 """
 # the widest elements sticking out on the right, to say what overflows
@@ -180,6 +182,9 @@ def page_problems(browser, base_url: str, page: str) -> list[str]:
     for fig in found["figures"]:
         if not fig["caption"]:
             problems.append(f"figure {fig['id'] or '(no id)'}: no caption")
+        if fig["swallowed"]:  # an unclosed figure directive takes the page's next sections into its caption
+            problems.append(f"figure {fig['id'] or '(no id)'}: its caption holds headings or admonitions "
+                            f"({'; '.join(fig['swallowed'])}): is the figure's fence closed?")
     if os.environ.get("DETOX_SCREENSHOTS"):
         _shoot(browser, page, os.environ["DETOX_SCREENSHOTS"])
     return problems

@@ -356,30 +356,32 @@ def plot_evaluator_validation(validation: dict):
     thr = validation["threshold"]
     order = sorted(validation["evaluators"], key=lambda k: -validation["evaluators"][k]["auroc"])
     colours = dict(zip(order, sns.color_palette("colorblind", len(order))))
-    with plt.rc_context({"font.size": 11}):
-        fig, (roc, bars) = plt.subplots(1, 2, figsize=(11, 4.8), gridspec_kw={"width_ratios": [1.15, 1]})
+    # drawn at the book's page width (6.3 in at 110 dpi): 7-pt type renders at ~11 px
+    with plt.rc_context({"font.size": 7.5, "axes.titlesize": 8, "legend.fontsize": 7}):
+        fig, (roc, bars) = plt.subplots(1, 2, figsize=(6.3, 3.6), dpi=110, gridspec_kw={"width_ratios": [1.1, 1]})
         for name in order:
             e = validation["evaluators"][name]
-            roc.plot(e["roc"]["fpr"], e["roc"]["tpr"], color=colours[name], lw=2,
-                     label=f"{name} (AUROC {e['auroc']:.2f})")
-            roc.plot(*_operating_point(e, pos, n), "o", color=colours[name], ms=7, mec="black")
-        roc.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
+            roc.plot(e["roc"]["fpr"], e["roc"]["tpr"], color=colours[name], lw=1.4,
+                     label=f"{name} {e['auroc']:.2f}")
+            roc.plot(*_operating_point(e, pos, n), "o", color=colours[name], ms=5, mec="black")
+        roc.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance 0.50")
         roc.plot([], [], "o", color="white", mec="black", label=f"score ≥ {thr}")
         roc.set(xlim=(0, 1), ylim=(0, 1.01), aspect="equal",
-                xlabel="False positive rate (non-insults flagged)",
-                ylabel="True positive rate (insults flagged)",
+                xlabel="false-positive rate (non-insults flagged)",
+                ylabel="true-positive rate (insults flagged)",
                 title=f"ROC, n = {n} comments ({pos} insults)")
-        roc.legend(loc="lower right", fontsize=9)
+        roc.legend(loc="lower right", title="AUROC", title_fontsize=7, borderaxespad=0.2,
+                   handlelength=1.2, labelspacing=0.25)
         rates = pd.DataFrame({"evaluator": order,
                               "flagged": [validation["evaluators"][k]["positive_rate"] for k in order]})
         sns.barplot(rates, y="evaluator", x="flagged", hue="evaluator", palette=colours, legend=False,
                     ax=bars)
         bars.axvline(pos / n, color="black", ls="--", lw=1.2, label=f"true share of insults ({pos / n:.0%})")
-        bars.legend(loc="lower right", fontsize=9)
+        bars.legend(loc="lower right")
         for i, value in enumerate(rates["flagged"]):
-            bars.text(value, i, f" {value:.0%}", va="center", fontsize=10)
+            bars.text(value, i, f" {value:.0%}", va="center")
         bars.set(xlim=(0, max(rates["flagged"].max(), pos / n) * 1.25), ylabel="",
-                 xlabel=f"Share of the {n} comments flagged (score ≥ {thr})",
+                 xlabel=f"share of the {n} comments flagged (score ≥ {thr})",
                  title="How much each evaluator flags")
         bars.xaxis.set_major_formatter(plt.matplotlib.ticker.PercentFormatter(1.0, decimals=0))
         sns.despine(fig)
