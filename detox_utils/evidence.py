@@ -242,6 +242,10 @@ def _fmt(x: float, digits: int = 2) -> str:
     return f"{x:.{digits}f}"
 
 
+# between the cells (or models) of one claim in the claims table: one line each when rendered
+CELL_SEP = "\n"
+
+
 def _cells_text(sub: pd.DataFrame, mde: pd.Series) -> str:
     parts = []
     for r in sub.itertuples():
@@ -252,7 +256,7 @@ def _cells_text(sub: pd.DataFrame, mde: pd.Series) -> str:
                      f"Holm p = {_fmt(r.p_holm, 3)}, MDE {_fmt(m)}x{ctl}; "
                      f"Δppl {r.rel_ppl:+.0%} (per-sentence {r.rel_ppl_sentence:+.0%}), "
                      f"zero-shot {_fmt(100 * r.zs_delta, 1)} pts (p = {_fmt(r.zs_p, 3)})")
-    return "; ".join(parts)
+    return CELL_SEP.join(parts)
 
 
 def reduction_verdict(sub: pd.DataFrame, mde: pd.Series, claimed: float) -> str:
@@ -312,13 +316,13 @@ def claims(folder: str | Path = POWERED, loc_records: list[dict] | None = None,
         early, compare = localization_claims(loc_records)
         add("Toxicity is disproportionately encoded in early MLP layers", "Beniwal & Singh 2026",
             "qualitative (abstract)",
-            "; ".join(f"{e['model']}: share of the MLP-neuron profile in the first third "
+            CELL_SEP.join(f"{e['model']}: share of the MLP-neuron profile in the first third "
                       f"{_fmt(e['early_share'])} [{_fmt(e['lo'])}, {_fmt(e['hi'])}] vs 0.33 if flat"
                       for e in early),
-            "; ".join(f"{e['model']}: {e['verdict']}" for e in early))
+            CELL_SEP.join(f"{e['model']}: {e['verdict']}" for e in early))
         add("Where toxicity sits varies across architectures", "Beniwal & Singh 2026",
             "qualitative (abstract)",
-            "; ".join(f"{k}: centre-of-mass depth difference {_fmt(c['diff'], 3)} [{_fmt(c['lo'], 3)}, "
+            CELL_SEP.join(f"{k}: centre-of-mass depth difference {_fmt(c['diff'], 3)} [{_fmt(c['lo'], 3)}, "
                       f"{_fmt(c['hi'], 3)}]" for k, c in compare.items()) +
             f" (intervals at {1 - ALPHA / max(1, len(compare)):.1%}, Bonferroni over pairs)",
             "reproduces" if any(c["verdict"] == "differs" for c in compare.values())
@@ -336,7 +340,7 @@ def claims(folder: str | Path = POWERED, loc_records: list[dict] | None = None,
             f"0.5 each, the union flags {_fmt(naive['union_rate'], 3)} of texts against "
             f"{_fmt(naive['best_rate'], 3)} for the best single evaluator, at a false-positive rate "
             f"{_fmt(naive['union_fpr'], 3)} vs {_fmt(naive['best_fpr'], 3)}. " +
-            "; ".join(f"At a matched false-positive rate {_fmt(u['fpr'], 3)}: union recall "
+            CELL_SEP.join(f"At a matched false-positive rate {_fmt(u['fpr'], 3)}: union recall "
                       f"{_fmt(u['union']['tpr'], 3)} vs {u['best']} {_fmt(u['singles'][u['best']]['tpr'], 3)}, "
                       f"difference {_fmt(u['recall_diff'], 3)} [{_fmt(u['lo'], 3)}, {_fmt(u['hi'], 3)}], "
                       f"exact p = {u['p']:.2g}" for u in found),
@@ -364,7 +368,7 @@ def claims(folder: str | Path = POWERED, loc_records: list[dict] | None = None,
     if len(pre):
         add("Pre-prompting lifts AURA's average mitigation from 1.28x to 2.35x", "Suau et al. 2024",
             "1.28x → 2.35x",
-            "; ".join(f"{r.model}/{r.benchmark}: (i) AURA {_fmt(r.i_aura)}x → AURA+pre-prompt "
+            CELL_SEP.join(f"{r.model}/{r.benchmark}: (i) AURA {_fmt(r.i_aura)}x → AURA+pre-prompt "
                       f"{_fmt(r.i_aura_pre)}x (lift p = {_fmt(r.i_p, 3)}); (ii) AURA on the pre-prompted "
                       f"model {_fmt(r.ii_aura_pre_vs_pre)}x (p = {_fmt(r.ii_p, 3)}); pre-prompt alone "
                       f"{_fmt(r.pre_vs_base)}x" for r in pre.itertuples()),
@@ -383,7 +387,7 @@ def _zeroshot_claim(rows: pd.DataFrame) -> tuple[str, str]:
     ``ZEROSHOT_MDE_MAX``); otherwise the verdict says the data cannot tell."""
     per_model = rows[rows.zs_delta.notna()].drop_duplicates("model").sort_values("model")
     p_holm = stats.holm(per_model.zs_p.to_numpy())
-    measured = "; ".join(
+    measured = CELL_SEP.join(
         f"{r.model}: {_fmt(100 * r.zs_base, 1)}% → {_fmt(100 * r.zs_method, 1)}% over {r.zs_n} items "
         f"(Holm p = {_fmt(p, 3)}; detectable change {_fmt(100 * r.zs_mde, 1)} points)"
         for r, p in zip(per_model.itertuples(), p_holm))

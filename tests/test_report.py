@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pandas as pd
 import pytest
 
 from detox_utils import report
@@ -96,3 +97,10 @@ def test_empty_effects_plot_says_so():
     fig = evidence.plot_effects(pd.DataFrame())
     assert "no intervention run yet" in [t.get_text() for ax in fig.axes for t in ax.texts]
     plt.close(fig)
+
+
+def test_html_table_escapes_text_and_breaks_lines():
+    frame = pd.DataFrame({"claim": ["a <b>"], "measured": ["m1: 1.2x\nm2: 0.9x"], "n": [3]})
+    out = report.html_table(frame)
+    assert "a &lt;b&gt;" in out and "<b>" not in out
+    assert "m1: 1.2x<br>m2: 0.9x" in out and "<td>3</td>" in out

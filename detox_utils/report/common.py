@@ -6,6 +6,8 @@ detox_utils.report build --results DIR`` sets it for the pages), else ``results/
 """
 from __future__ import annotations
 
+import html
+
 import json
 import os
 from pathlib import Path
@@ -144,5 +146,13 @@ def fmt_ci(point: float, lo: float, hi: float, digits: int = 2) -> str:
 
 
 def html_table(frame: pd.DataFrame, index: bool = False) -> str:
-    """``frame`` as an HTML table styled like the book's own tables (the theme's ``table`` class)."""
-    return frame.to_html(index=index, classes="table", border=0, escape=True, justify="left")
+    """``frame`` as an HTML table styled like the book's own tables (the theme's ``table`` class); a
+    newline inside a text cell becomes a line break (everything else is escaped)."""
+    shown = frame.copy()
+    for col in shown.columns:
+        if not pd.api.types.is_numeric_dtype(shown[col]):
+            shown[col] = shown[col].map(
+                lambda v: html.escape(v).replace("\n", "<br>") if isinstance(v, str) else v)
+    if index and not pd.api.types.is_numeric_dtype(shown.index):
+        shown.index = shown.index.map(lambda v: html.escape(v) if isinstance(v, str) else v)
+    return shown.to_html(index=index, classes="table", border=0, escape=False, justify="left")
