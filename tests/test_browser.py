@@ -236,3 +236,14 @@ def test_alt_text_that_is_a_file_path_is_caught():
     assert _path_like("../_images/abc123.png", src) and _path_like("abc123.png", src)
     assert _path_like("figure.svg", "x.svg")
     assert not _path_like("Line plot of toxicity against perplexity", src)
+
+
+@pytest.mark.slow
+def test_a_caption_that_swallowed_the_next_section_is_caught(browser, tmp_path):
+    # what an unclosed ```{glue:figure} fence renders: the page's next heading and admonition inside the caption
+    (tmp_path / "page.html").write_text(
+        "<html><body><main><figure id='fig-x'><img src='x.png' alt='A bar chart of rates'>"
+        "<figcaption><p>Rates.</p><section><h2>Limits</h2><div class='admonition'>Note</div></section>"
+        "</figcaption></figure></main></body></html>", encoding="utf-8")
+    problems = page_problems(browser, tmp_path.as_uri(), "page")
+    assert any("its caption holds headings or admonitions (Limits" in p for p in problems), problems
