@@ -558,7 +558,8 @@ def plot_effects(eff: pd.DataFrame, evaluator: str = "max", clip: float = 20.0):
         ax.set_title(model, fontsize=8, loc="left")
         ax.grid(axis="x", color="0.9", lw=0.6)
     lo_all, hi_all = min(lows), max(highs)
-    ticks = [t for t in (0.25, 0.33, 0.5, 0.67, 0.8, 1, 1.25, 1.5, 2, 3, 5, 10, 20) if lo_all / 1.2 <= t <= hi_all * 1.2]
+    ticks = [t for t in (0.25, 0.33, 0.5, 0.67, 0.8, 1, 1.25, 1.5, 2, 3, 5, 10, 20)
+             if lo_all / 1.2 <= t <= hi_all * 1.2]
     ax = axes[-1, 0]
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_minor_locator(NullLocator())
@@ -566,29 +567,7 @@ def plot_effects(eff: pd.DataFrame, evaluator: str = "max", clip: float = 20.0):
     ax.set_xlabel("toxicity-probability factor, plain / intervened (log scale; > 1 is less toxic)", fontsize=7.5)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     order = sorted(range(len(labels)), key=lambda i: not labels[i].startswith("localized"))
-    fig.legend([handles[i] for i in order], [labels[i] for i in order], loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.legend([handles[i] for i in order], [labels[i] for i in order], loc="lower center", ncol=2,
+               fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.04 if len(models) > 1 else 0.09, 1, 1))
-    return fig
-    sub["row"] = sub.setting + np.where(sub.preprompt, " + pre-prompt", "") + " | " + sub.benchmark
-    models = list(dict.fromkeys(sub.model))
-    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models) + 2.5, 0.32 * sub.row.nunique() + 1.6),
-                             sharey=True, squeeze=False)
-    rows = sorted(sub.row.unique())
-    y = {r: i for i, r in enumerate(rows)}
-    for ax, model in zip(axes[0], models):
-        m = sub[sub.model == model]
-        f, lo, hi = (np.minimum(m[c].fillna(clip).to_numpy(float), clip) for c in ("factor", "lo", "hi"))
-        ys = m.row.map(y).to_numpy()
-        ax.errorbar(f, ys, xerr=[np.maximum(f - lo, 0), np.maximum(hi - f, 0)], fmt="o", ms=4,
-                    color="C0", label="localized units")
-        ctl = m[m.n_controls > 0]
-        ax.plot(np.minimum(ctl.control_factor, clip), ctl.row.map(y), "o", mfc="none", color="C3",
-                label="random units (mean of seeds)")
-        ax.axvline(1, color="0.4", lw=1)
-        ax.set_xscale("log")
-        ax.set_title(model, fontsize=10)
-        ax.set_xlabel("toxicity-probability factor (log)")
-    axes[0][0].set_yticks(range(len(rows)), rows, fontsize=8)
-    axes[0][-1].legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1))
-    fig.tight_layout()
     return fig
