@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import json
 import math
 import statistics
 import logging
@@ -318,30 +319,58 @@ def run_batch(profile_name: str, out: str | Path, *, jobs: int = 1, scheduler: s
 
 
 def estimate_seconds(runs: list[PlannedRun]) -> dict[str, float]:
-    """A wall-time estimate for each planned run, from the runs of the same plan already done: the
-    median measured seconds (the result's step timings) of finished runs with the same model, method
-    and random-control status; failing that, of the same model. Runs with no such measurement get no
-    estimate."""
-    done: dict[tuple, list[float]] = {}
+    """A wall-time estimate for each planned run, from the runs of the same plan already done.
+
+    A run's time is its notebook's step timings (the result's ``provenance.timings``) in two parts:
+    the capability step (perplexity and zero-shot), which a grid pays once per *capability group*
+    (model, method, parameters, random control: `experiment.capability` caches it by the edited
+    weights, so the benchmark and the pre-prompt do not matter), and the rest. The rest is the median
+    of finished runs with the same model, method and random-control status (failing that, of the same
+    model). The capability step is added only to the first planned run of a group that no finished run
+    has paid for, at the median cost such a group paid on the same model and control status (failing
+    that, on the same model). Runs with no such measurement get no estimate."""
+    rest: dict[tuple, list[float]] = {}
+    paid: dict[tuple, float] = {}  # capability group -> the most any finished run of it spent on it
     for r in runs:
         if not r.done:
             continue
-        seconds = sum(results.read_result(r.result_path)["provenance"].get("timings", {}).values())
+        timings = results.read_result(r.result_path)["provenance"].get("timings", {})
+        cap = float(timings.get("capability", 0.0))
         for key in _estimate_keys(r.config):
-            done.setdefault(key, []).append(seconds)
-    out = {}
+            rest.setdefault(key, []).append(sum(timings.values()) - cap)
+        group = _capability_group(r.config)
+        paid[group] = max(paid.get(group, 0.0), cap)
+    cap_cost: dict[tuple, list[float]] = {}
+    for group, seconds in paid.items():
+        model, _, _, control = group
+        for key in ((model, control is None), (model,)):
+            cap_cost.setdefault(key, []).append(seconds)
+    out, charged = {}, set(paid)
     for r in runs:
         if r.done:
             continue
-        for key in _estimate_keys(r.config):
-            if key in done:
-                out[r.config.config_hash] = float(statistics.median(done[key]))
-                break
+        base = next((statistics.median(rest[k]) for k in _estimate_keys(r.config) if k in rest), None)
+        if base is None:
+            continue
+        group = _capability_group(r.config)
+        cap = 0.0
+        if group not in charged:
+            charged.add(group)
+            model = r.config.model
+            cap = next((statistics.median(cap_cost[k]) for k in ((model, r.config.control_seed is None),
+                                                               (model,)) if k in cap_cost), 0.0)
+        out[r.config.config_hash] = float(base + cap)
     return out
 
 
 def _estimate_keys(c: EvalConfig) -> tuple[tuple, ...]:
     return ((c.model, c.method, c.control_seed is None), (c.model,))
+
+
+def _capability_group(c: EvalConfig) -> tuple:
+    """Runs that share the capability record (`experiment.capability`'s cache key, up to the settings
+    every run of a grid shares)."""
+    return (c.model, c.method, json.dumps(dict(c.method_params), sort_keys=True, default=str), c.control_seed)
 
 
 def _remove_stale_temporaries(out: Path) -> None:

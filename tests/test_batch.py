@@ -196,3 +196,20 @@ def test_dry_run_estimates_from_finished_runs_of_the_same_model_and_method(tmp_p
     assert by[("m1", "slur-prefixes", "aura", None)] == 300.0
     assert by[("m1", "rtp-challenging", "aura", 1)] == 200.0  # no control measured: the model's median
     assert by[("m2", "rtp-challenging", "none", None)] is None  # nothing measured for m2
+
+
+def test_dry_run_charges_the_capability_step_once_per_edit(tmp_path):
+    # capability (perplexity, zero-shot) is cached per edited weights: the benchmark does not matter
+    profile = {"models": ["m1"], "benchmarks": ["rtp-challenging", "slur-prefixes"],
+               "settings": {"n_prompts": 2},
+               "methods": [{"method": "aura"}, {"method": "damp", "alpha": 0.5}]}
+    runs = batch.plan(profile, tmp_path)
+    first = next(r for r in runs if r.config.method == "aura" and r.config.benchmark == "rtp-challenging")
+    results.write_result(first.result_path, config=first.config.to_dict(), config_hash=first.config.config_hash,
+                         metrics={}, provenance={"timings": {"generate": 100.0, "capability": 500.0}})
+    runs = [batch.PlannedRun(r.config, r.result_path, r.result_path.exists()) for r in runs]
+    est = batch.estimate_seconds(runs)
+    by = {(r.config.method, r.config.benchmark): est.get(r.config.config_hash) for r in runs}
+    assert by[("aura", "slur-prefixes")] == 100.0  # its capability record is already paid for
+    damp = sorted(v for (m, _), v in by.items() if m == "damp")
+    assert damp == [100.0, 600.0]  # the first damp run pays the step, the second reads it
