@@ -103,8 +103,9 @@ def claims_table(folder: str | Path | None = None, alpha: float = 0.05,
 def plot_reduction_forest(red: pd.DataFrame, max_ppl_increase: float = 0.25):
     """Reduction factor (toxicity probability, max over evaluators) with its paired-bootstrap CI for
     every setting, one panel per model; hollow markers where perplexity rose by more than
-    ``max_ppl_increase``."""
+    ``max_ppl_increase``. Drawn at the book's page width (6.3 in at 110 dpi; no type under 7 pt)."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullLocator
 
     sub = red[(red.evaluator == "max") & (~red.preprompt)].copy()
     sub["rel_ppl"] = sub.dppl / (sub.ppl - sub.dppl)
@@ -112,8 +113,8 @@ def plot_reduction_forest(red: pd.DataFrame, max_ppl_increase: float = 0.25):
     labels = sub.sort_values(["order", "label"]).label.unique().tolist()
     models = sorted(sub.model.unique())
     benches = sorted(sub.benchmark.unique())
-    fig, axes = plt.subplots(1, len(models), figsize=(5.4 * len(models), 0.42 * len(labels) + 1.6),
-                             sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(6.3, 0.3 * len(labels) + 1.3), dpi=110,
+                             sharey=True, sharex=True, squeeze=False)
     for ax, model in zip(axes[0], models):
         for j, bench in enumerate(benches):
             g = sub[(sub.model == model) & (sub.benchmark == bench)].set_index("label")
@@ -125,17 +126,23 @@ def plot_reduction_forest(red: pd.DataFrame, max_ppl_increase: float = 0.25):
                 ratio = min(r.tox_prob_ratio, 20.0)
                 lo, hi = min(r.tox_prob_ratio_lo, 20.0), min(r.tox_prob_ratio_hi, 20.0)
                 color = f"C{j}"
-                ax.plot([lo, hi], [y, y], color=color, lw=1.2)
-                ax.plot(ratio, y, "o", color=color,
+                ax.plot([lo, hi], [y, y], color=color, lw=1)
+                ax.plot(ratio, y, "o", color=color, ms=4,
                         mfc=color if r.rel_ppl <= max_ppl_increase else "white",
                         label=bench if i == 0 else None)
         ax.axvline(1, color="grey", ls=":")
         ax.set_xscale("log")
         ax.set_yticks(range(len(labels)), labels)
-        ax.set_xlabel("reduction factor of toxicity probability (log; >1 = less toxic)")
-        ax.set_title(model, fontsize=10)
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("toxicity-probability factor\n(log; > 1 is less toxic)", fontsize=7.5)
+        ax.set_title(model, fontsize=8)
+    ticks = [0.25, 0.5, 1, 2, 4, 8, 20]
+    axes[0][0].xaxis.set_major_locator(FixedLocator(ticks))
+    axes[0][0].xaxis.set_minor_locator(NullLocator())
+    axes[0][0].set_xticklabels([f"{t:g}" for t in ticks])
     axes[0][0].invert_yaxis()  # the y axis is shared: invert it once, first method on top
-    axes[0][0].legend(fontsize=8, loc="lower right",
-                      title=f"hollow: perplexity +>{max_ppl_increase:.0%}", title_fontsize=8)
-    fig.tight_layout()
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=7, loc="lower center", ncol=len(benches) + 1, frameon=False,
+               title=f"hollow: perplexity up by more than {max_ppl_increase:.0%}", title_fontsize=7)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     return fig
