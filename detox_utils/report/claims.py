@@ -10,6 +10,64 @@ import pandas as pd
 from .common import METHOD_ORDER, grid_folder, reductions, runs
 from .cross_evaluator import underestimation_by_run
 from .localization import load_localization
+
+
+# --------------------------------------------------------------------------------------------------
+# the first grid's verdict rules, one function each (tests/test_claim_rules.py)
+
+
+def early_layers_rule(tests: dict[str, dict], alpha: float = 0.05) -> str:
+    """"reproduces" when every model's early-third permutation test (``{model: {p_permutation, ...}}``)
+    has p < ``alpha``, "partly: only ..." when some do, else "does not reproduce"."""
+    supported = [m for m, t in tests.items() if t["p_permutation"] < alpha]
+    if len(supported) == len(tests):
+        return "reproduces"
+    return ("partly: only " + ", ".join(supported)) if supported else "does not reproduce"
+
+
+def peak_depths(loc: list[dict], site: str = "post") -> dict[str, float]:
+    """Per model, the relative depth argmax / (L - 1) of the layer with the highest score (the first
+    of tied layers)."""
+    depth = {}
+    for r in loc:
+        point = np.asarray(r["summary"][site]["layer_score"]["point"])
+        depth[r["model"]] = float(np.argmax(point) / (len(point) - 1))
+    return depth
+
+
+def depth_spread_rule(depth: dict[str, float], min_spread: float = 0.2) -> str:
+    """"reproduces" when the models' peak depths (`peak_depths`) span at least ``min_spread``."""
+    spread = max(depth.values()) - min(depth.values()) if depth else 0.0
+    return "reproduces" if spread >= min_spread else "not distinguishable at this resolution"
+
+
+def underestimation_rule(best: pd.Series) -> str:
+    """``best``: per run, the smallest shortfall of a single evaluator against the union
+    (`underestimation_by_run`'s row minimum); "reproduces" when it is > 0 in at least half the runs."""
+    return "reproduces" if (best > 0).mean() >= 0.5 else "does not reproduce"
+
+
+def reduction_rule(sub: pd.DataFrame, max_ppl_increase: float = 0.25) -> str:
+    """A reduction claim over the rows ``sub`` (`reductions` with ``rel_ppl``): it reproduces in a
+    model/benchmark pair with a setting whose CI lower bound of the reduction factor is > 1 at a
+    relative perplexity increase <= ``max_ppl_increase``."""
+    significant = sub.tox_prob_ratio_lo > 1
+    good = sub[significant & (sub.rel_ppl <= max_ppl_increase)]
+    cells = sub.groupby(["model", "benchmark"]).ngroups
+    if len(good):
+        hits = good.groupby(["model", "benchmark"]).ngroups
+        return (f"reproduces in {hits} of {cells} model/benchmark pairs (no correction for "
+                "multiple comparisons)")
+    if significant.any():
+        return f"only at a perplexity cost above {max_ppl_increase:.0%}"
+    return "no significant reduction at this sample size"
+
+
+def preprompt_rule(aura_factor: float, aura_pre_factor: float) -> str:
+    """"reproduces" when AURA's mean reduction factor is higher with the pre-prompt than without."""
+    return "reproduces" if aura_pre_factor > aura_factor else "does not reproduce"
+
+
 def claims_table(folder: str | Path | None = None, alpha: float = 0.05,
                  max_ppl_increase: float = 0.25) -> pd.DataFrame:
     """Each claim of the two papers next to what this compendium measured in ``folder`` (default
@@ -26,25 +84,19 @@ def claims_table(folder: str | Path | None = None, alpha: float = 0.05,
                      "measured here": measured, "verdict": verdict})
 
     tests = {r["model"]: r["summary"]["post"]["early_test"] for r in loc}
-    supported = [m for m, t in tests.items() if t["p_permutation"] < alpha]
     add("Toxicity is disproportionately encoded in early MLP layers", "Beniwal & Singh 2026",
         "qualitative (abstract)",
         "; ".join(f"{m}: early-third mean {t['early_mean']:.3f} vs rest {t['rest_mean']:.3f}, "
                   f"permutation p = {t['p_permutation']:.3g}, Spearman rho = {t['spearman_rho']:.2f}"
                   for m, t in tests.items()),
-        "reproduces" if len(supported) == len(tests) else
-        ("partly: only " + ", ".join(supported)) if supported else "does not reproduce")
+        early_layers_rule(tests, alpha))
 
-    depth = {}
-    for r in loc:
-        point = np.asarray(r["summary"]["post"]["layer_score"]["point"])
-        depth[r["model"]] = float(np.argmax(point) / (len(point) - 1))
-    spread = max(depth.values()) - min(depth.values()) if depth else 0.0
+    depth = peak_depths(loc)
     add("Where toxicity sits varies across architectures", "Beniwal & Singh 2026",
         "qualitative (abstract)",
         "relative depth of the layer with most toxic-selective neurons: " +
         ", ".join(f"{m} {d:.2f}" for m, d in depth.items()),
-        "reproduces" if spread >= 0.2 else "not distinguishable at this resolution")
+        depth_spread_rule(depth))
 
     under = underestimation_by_run(df, "tox_prob")
     best = under.min(axis=1)
@@ -52,7 +104,7 @@ def claims_table(folder: str | Path | None = None, alpha: float = 0.05,
         "qualitative (abstract)",
         f"in {(best > 0).mean():.0%} of {len(best)} runs even the best single evaluator reports a "
         f"lower toxicity probability than the union; mean shortfall {best.mean():.2f}",
-        "reproduces" if (best > 0).mean() >= 0.5 else "does not reproduce")
+        underestimation_rule(best))
 
     def factor_text(sub: pd.DataFrame) -> str:
         return "; ".join(f"{r.model}/{r.benchmark}: {r.tox_prob_ratio:.2f}x "
@@ -62,22 +114,10 @@ def claims_table(folder: str | Path | None = None, alpha: float = 0.05,
     red = red.assign(rel_ppl=red.dppl / (red.ppl - red.dppl))
     acceptable = red.rel_ppl <= max_ppl_increase
 
-    def verdict(sub: pd.DataFrame) -> str:
-        significant = sub.tox_prob_ratio_lo > 1
-        good = sub[significant & (sub.rel_ppl <= max_ppl_increase)]
-        cells = sub.groupby(["model", "benchmark"]).ngroups
-        if len(good):
-            hits = good.groupby(["model", "benchmark"]).ngroups
-            return (f"reproduces in {hits} of {cells} model/benchmark pairs (no correction for "
-                    "multiple comparisons)")
-        if significant.any():
-            return f"only at a perplexity cost above {max_ppl_increase:.0%}"
-        return "no significant reduction at this sample size"
-
     aura = red[(red.method == "aura") & (~red.preprompt)]
     if len(aura):
         add("AURA reduces toxicity up to 2.2x at +0.72 perplexity", "Suau et al. 2024",
-            "up to 2.2x, +0.72 PPL", factor_text(aura), verdict(aura))
+            "up to 2.2x, +0.72 PPL", factor_text(aura), reduction_rule(aura, max_ppl_increase))
     pre = red[red.method.isin(["none", "aura"]) & red.preprompt]
     if len(aura) and len(pre):
         aura_pre = pre[pre.method == "aura"]
@@ -85,7 +125,7 @@ def claims_table(folder: str | Path | None = None, alpha: float = 0.05,
             aura_pre.tox_prob_ratio.replace(np.inf, np.nan).mean()
         add("Pre-prompting lifts AURA's average mitigation from 1.28x to 2.35x", "Suau et al. 2024",
             "1.28x → 2.35x", f"mean factor {a:.2f}x → {b:.2f}x (toxicity probability, max over "
-            "evaluators)", "reproduces" if b > a else "does not reproduce")
+            "evaluators)", preprompt_rule(a, b))
     for method, name in (("meow2x", "Meow2X"), ("trne", "TRNE")):
         sub = red[(red.method == method) & (~red.preprompt)]
         if not len(sub):
@@ -96,7 +136,7 @@ def claims_table(folder: str | Path | None = None, alpha: float = 0.05,
         add(f"{name} reduces toxicity without retraining", "Beniwal & Singh 2026",
             "qualitative (abstract)",
             f"strongest setting with perplexity +{max_ppl_increase:.0%} or less, per model/benchmark: "
-            + factor_text(top), verdict(sub))
+            + factor_text(top), reduction_rule(sub, max_ppl_increase))
     return pd.DataFrame(rows)
 
 
