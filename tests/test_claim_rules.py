@@ -160,13 +160,12 @@ def _pre(i_p, ii_p, i_aura=1.3, i_aura_pre=2.4, ii=1.8):
 def test_preprompt_verdict_every_branch():
     # two cells at p = 0.01 each: Holm 0.02, significant
     assert evidence._preprompt_verdict(_pre([0.01, 0.01], [0.01, 0.01])) == (
-        "reading (i): lift significant in 2 of 2 cells; with AURA also significant on the "
-        "pre-prompted model: 2 — reproduces")
-    assert evidence._preprompt_verdict(_pre([0.01, 0.01], [0.01, 0.5])).endswith(": 1 — partly")
+        "reproduces: reading (i), the lift from the pre-prompt is significant (Holm) in 2 of 2 cells; "
+        "reading (ii), AURA still reduces toxicity on the pre-prompted model in 2 of 2; both in 2")
+    assert evidence._preprompt_verdict(_pre([0.01, 0.01], [0.01, 0.5])).startswith("partly:")
     # p = 0.03 in each of two cells: Holm 0.06, nothing significant
-    assert evidence._preprompt_verdict(_pre([0.03, 0.03], [0.001, 0.001])).endswith(
-        "lift significant in 0 of 2 cells; with AURA also significant on the pre-prompted model: 0"
-        " — does not reproduce")
+    text = evidence._preprompt_verdict(_pre([0.03, 0.03], [0.001, 0.001]))
+    assert text.startswith("does not reproduce:") and "significant (Holm) in 0 of 2 cells" in text
     # significant, but the lift goes the wrong way
-    assert evidence._preprompt_verdict(_pre([0.001], [0.001], i_aura=2.0, i_aura_pre=1.5)).endswith(
+    assert evidence._preprompt_verdict(_pre([0.001], [0.001], i_aura=2.0, i_aura_pre=1.5)).startswith(
         "does not reproduce")
