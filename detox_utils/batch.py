@@ -33,7 +33,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from . import results
-from ._io import REPO_ROOT, atomic_path, file_lock, try_lock
+from ._io import REPO_ROOT, atomic_path, file_lock, stable_hash, try_lock
 from ._progress import tqdm
 from .config import ConfigError, EvalConfig, check_result_dir, resolve_device
 
@@ -370,7 +370,7 @@ def _estimate_keys(c: EvalConfig) -> tuple[tuple, ...]:
 def _capability_group(c: EvalConfig) -> tuple:
     """Runs that share the capability record (`experiment.capability`'s cache key, up to the settings
     every run of a grid shares)."""
-    return (c.model, c.method, json.dumps(dict(c.method_params), sort_keys=True, default=str), c.control_seed)
+    return (c.model, c.method, stable_hash(dict(c.method_params)), c.control_seed)
 
 
 def _remove_stale_temporaries(out: Path) -> None:

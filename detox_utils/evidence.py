@@ -543,7 +543,8 @@ def plot_effects(eff: pd.DataFrame, evaluator: str = "max", clip: float = 20.0):
     for ax, model in zip(axes[:, 0], models):
         m = sub[sub.model == model]
         f, lo, hi = (np.minimum(m[c].fillna(clip).to_numpy(float), clip) for c in ("factor", "lo", "hi"))
-        lows.append(np.nanmin(lo)), highs.append(np.nanmax(hi))
+        lows.append(np.nanmin(lo))
+        highs.append(np.nanmax(hi))
         ys = m.row.map(y).to_numpy()
         ax.errorbar(f, ys, xerr=[np.maximum(f - lo, 0), np.maximum(hi - f, 0)], fmt="o", ms=3.5,
                     color="C0", lw=1, label="localized units (95% interval)")
