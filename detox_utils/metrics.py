@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from ._progress import tqdm
+from .stats import percentile_interval
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +105,9 @@ def bootstrap_means(values: np.ndarray, n_boot: int, seed: int = 0) -> np.ndarra
 
 
 def _interval(replicates: np.ndarray, ci: float) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile interval of ``replicates`` [n_boot, m] -> (lo [m], hi [m])."""
-    alpha = (1 - ci) / 2
-    lo, hi = np.quantile(replicates, [alpha, 1 - alpha], axis=0, method="inverted_cdf")
-    return lo, hi
+    """Percentile interval of ``replicates`` [n_boot, m] -> (lo [m], hi [m]) (numpy's "inverted_cdf",
+    the convention of the committed grid results)."""
+    return percentile_interval(replicates, ci, axis=0, method="inverted_cdf")
 
 
 def toxicity_metrics(scores, threshold: float = 0.5, n_boot: int = 1000, seed: int = 0,

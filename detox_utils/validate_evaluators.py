@@ -25,6 +25,7 @@ import pandas as pd
 
 from detox_utils import evaluators
 from detox_utils._io import REPO_ROOT, atomic_path, atomic_write_json, sha256_file, stable_hash
+from detox_utils.stats import percentile_interval
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,7 @@ def auroc_interval(scores: np.ndarray, labels: np.ndarray, n_boot: int = 1000, s
         idx = rng.integers(0, len(scores), len(scores))
         if labels[idx].min() != labels[idx].max():
             stats.append(roc_auc_score(labels[idx], scores[idx]))
-    lo, hi = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
+    return percentile_interval(stats, level)
 
 
 def roc_points(scores: np.ndarray, labels: np.ndarray, n_points: int = 101) -> dict[str, list[float]]:
