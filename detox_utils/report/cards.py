@@ -5,12 +5,12 @@ without loading any weights) and results/evaluators/validation.json.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
 
+from .. import results
 from .common import RESULTS, html_table
 _GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
                  10: "<Q", 11: "<q", 12: "<d"}
@@ -286,7 +286,7 @@ def read_validation(path: str | Path = VALIDATION_FILE) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; run `python -m detox_utils.validate_evaluators`")
-    record = json.loads(path.read_text(encoding="utf-8"))
+    record = results.read_record(path, "evaluator-validation")
     if not record.get("evaluators"):
         raise ValueError(f"{path} holds no evaluator")
     return record
