@@ -94,7 +94,7 @@ def write_result(path: str | Path, *, config: Mapping[str, Any], config_hash: st
         "config_hash": config_hash, "metrics": dict(metrics or {}),
         "provenance": provenance, "error": error,
     }
-    return atomic_write_json(path, _jsonable(record))
+    return atomic_write_json(path, jsonable(record))
 
 
 def samples_path(result_path: str | Path) -> Path:
@@ -275,12 +275,12 @@ def _flatten(prefix: str, obj: Any) -> dict[str, Any]:
     return {prefix: obj}
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     """Make numpy / torch scalars and tuples JSON-safe; NaN becomes None."""
     if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 0) == 0:
         obj = obj.item()
     if isinstance(obj, float) and obj != obj:
