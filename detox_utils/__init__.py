@@ -3,7 +3,8 @@
 One module per pipeline stage:
 
 - `models`        load packaged, hub or local causal LMs; the architecture table (`archs`);
-                  the packaged GGUF models and their conversion (`packaged`)
+                  the packaged GGUF models and their conversion (`packaged`), the GGUF header
+                  reader (`gguf_header`)
 - `data`          curated toxic / neutral text with provenance, disjoint splits
 - `evaluators`    offline toxicity classifiers with one `.score(texts)` interface
 - `activations`   record pooled MLP unit responses

@@ -1,4 +1,5 @@
-"""Small I/O helpers shared by every stage: atomic writes, hashing, the cache directory.
+"""Small I/O helpers shared by every stage: atomic writes, hashing, the cache directory, and the one
+check of text inputs (`check_texts`).
 
 Everything the compendium writes (caches, results, curated data) goes through `atomic_write`, so an
 interrupted process never leaves a half-written file behind: data is written to a temporary file in
@@ -13,7 +14,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -315,3 +316,30 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     """A short, stable hash of a JSON-serialisable object (keys sorted)."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def check_texts(texts: Iterable[str], name: str = "texts", allow_empty: bool = False) -> list[str]:
+    """``texts`` as a list of str: the one check of every text input (prompts, texts to score, to
+    record or to fit on).
+
+    Allowed: a list, tuple, pandas Series or any other iterable of str (``""`` included), empty only
+    with ``allow_empty``. Refused, with a message that names ``name``: a single str or bytes
+    (TypeError: wrap it in a list), something that is not iterable (TypeError), an item that is not a
+    str (TypeError naming its index and type), an empty input (ValueError)."""
+    allowed = "a list of str"
+    if isinstance(texts, (str, bytes)):
+        raise TypeError(f"{name} must be a sequence of str ({allowed}), not a single "
+                        f"{type(texts).__name__}; wrap it in a list")
+    try:
+        items = list(texts)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of str ({allowed}), got "
+                        f"{type(texts).__name__}") from None
+    bad = [i for i, t in enumerate(items) if not isinstance(t, str)]
+    if bad:
+        more = f" ({len(bad)} items are not str, positions {bad[:10]})" if len(bad) > 1 else ""
+        raise TypeError(f"{name}[{bad[0]}] is {type(items[bad[0]]).__name__}, not str; every item of "
+                        f"{name} must be a str{more}")
+    if not items and not allow_empty:
+        raise ValueError(f"{name} is empty; give at least one text ({allowed})")
+    return items

@@ -191,17 +191,6 @@ class _Encoded:
     order: list[int]  # text indices, longest first
 
 
-def _check_texts(texts: Sequence[str]) -> list[str]:
-    if isinstance(texts, str) or not isinstance(texts, Sequence):
-        raise TypeError(f"texts must be a sequence of str (a list), got {type(texts).__name__}")
-    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-    if bad:
-        raise TypeError(f"texts must all be str; items {bad[:5]} are not")
-    if not texts:
-        raise ValueError("texts is empty")
-    return list(texts)
-
-
 def _check_positive_int(value: int, name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -271,7 +260,7 @@ def batches(
     """``texts`` tokenized (truncated to ``max_length`` tokens), sorted longest first and cut into padded
     batches of ``batch_size`` on the tokenizer's padding side. Raises ValueError for a text with fewer
     than ``min_tokens`` tokens to pool over."""
-    texts = _check_texts(texts)
+    texts = _io.check_texts(texts)
     _check_positive_int(batch_size, "batch_size")
     _check_positive_int(max_length, "max_length")
     pad_id, side = _padding(lm.tokenizer)
@@ -461,7 +450,7 @@ def record(
     Returns:
         ``{site: [n_texts, len(layers), units]}`` float32 on CPU, rows in the order of ``texts``.
     """
-    texts = _check_texts(texts)
+    texts = _io.check_texts(texts)
     sites = _check_sites(lm, sites)
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
@@ -580,7 +569,7 @@ def moments(
     ``x^T x`` is computed in float32 (or the model's dtype, if wider) and accumulated in float64. Memory:
     ``8 L u^2`` bytes (about 32 MB per layer at u = 2048), so ask only for the layers you need.
     """
-    texts = _check_texts(texts)
+    texts = _io.check_texts(texts)
     (site,) = _check_sites(lm, (site,))
     layers = _check_layers(lm, layers)
     width = _site_width(lm, site)

@@ -42,12 +42,12 @@ import io
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from detox_utils._io import sha256_file
+from detox_utils._io import check_texts, sha256_file
 from ._progress import tqdm
 
 log = logging.getLogger(__name__)
@@ -108,21 +108,6 @@ def load(name: str, **kwargs: Any) -> "Evaluator":
 
 # ----------------------------------------------------------------------------------------------------
 # shared behaviour
-
-
-def check_texts(texts: Iterable[str]) -> list[str]:
-    """``texts`` as a list of str, or TypeError naming the first bad item's index and type."""
-    if isinstance(texts, (str, bytes)):
-        raise TypeError(f"texts must be a sequence of strings, not a single {type(texts).__name__}; "
-                        "wrap it in a list")
-    try:
-        items = list(texts)
-    except TypeError:
-        raise TypeError(f"texts must be a sequence of strings, got {type(texts).__name__}") from None
-    for i, text in enumerate(items):
-        if not isinstance(text, str):
-            raise TypeError(f"texts[{i}] is {type(text).__name__}, not str; every text must be a string")
-    return items
 
 
 def windows(n_tokens: int, size: int) -> list[tuple[int, int]]:
@@ -188,7 +173,7 @@ class Evaluator(abc.ABC):
 
     def score(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
         """P(toxic) of each text: ``[len(texts)]`` float64 in [0, 1]."""
-        items = check_texts(texts)
+        items = check_texts(texts, allow_empty=True)
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         scores = np.zeros(len(items), dtype=np.float64)

@@ -496,7 +496,7 @@ def plot_profiles(loc_records: list[dict], site: str = "post", ax=None):
         if "boot" in ls:
             boot = np.clip(np.asarray(ls["boot"], float), 0, None)
             boot = boot / np.where(boot.sum(1, keepdims=True) > 0, boot.sum(1, keepdims=True), 1) * point.size
-            lo, hi = np.quantile(boot, [0.025, 0.975], axis=0)
+            lo, hi = stats.percentile_interval(boot, 0.95, axis=0)
             ax.fill_between(depth, lo, hi, color=line.get_color(), alpha=0.18, lw=0)
     ax.axhline(1, ls="--", color="0.4", lw=1, label="flat profile")
     ax.set_xlim(0, 1)

@@ -310,4 +310,4 @@ def write_localization(cfg, result_dir: str | Path, lm: models.LoadedModel,
         "provenance": results.provenance(model=lm.provenance,
                                          data=data.provenance("insults-train")),
     }
-    return atomic_write_json(Path(result_dir) / name, results._jsonable(record))
+    return atomic_write_json(Path(result_dir) / name, results.jsonable(record))

@@ -324,7 +324,7 @@ def write(cfg: ExploreConfig, result_dir: str | Path, lm, found: Mapping[str, An
               "logit_lens": "W_U (N(w_out) - N(0)) with N the model's final norm: for RMSNorm W_U (g * "
                             "w_out) / rms(w_out), the direct path of the neuron's write only",
               "provenance": results.provenance(model=lm.provenance, data=data.provenance("insults-train"))}
-    return atomic_write_json(Path(result_dir) / name, results._jsonable(record))
+    return atomic_write_json(Path(result_dir) / name, results.jsonable(record))
 
 
 def main(model: str, result_dir: str | Path = RESULT_DIR, n_contrast: int = 400, seed: int = 0,

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ._io import check_texts
 from ._progress import tqdm
 
 log = logging.getLogger(__name__)
@@ -191,14 +192,7 @@ def eos_ids(lm) -> list[int]:
 
 def _validate(prompts, n_samples, max_new_tokens, top_p, temperature, seed, batch_size, preprompt,
               repetition_penalty, flags: dict[str, object]) -> list[str]:
-    if isinstance(prompts, str) or not isinstance(prompts, Sequence):
-        raise TypeError(f"prompts must be a sequence of strings (a list), got {type(prompts).__name__}")
-    bad = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
-    if bad:
-        raise TypeError(f"prompts must all be strings; positions {bad[:10]} are not "
-                        f"(first: {type(prompts[bad[0]]).__name__})")
-    if len(prompts) == 0:
-        raise ValueError("prompts is empty; give at least one prompt")
+    prompts = check_texts(prompts, "prompts")
     for name, value in (("n_samples", n_samples), ("max_new_tokens", max_new_tokens),
                         ("batch_size", batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -29,6 +29,7 @@ import torch
 
 from . import activations
 from ._progress import tqdm
+from .stats import percentile_interval
 
 log = logging.getLogger(__name__)
 
@@ -293,8 +294,7 @@ def bootstrap_layer_ci(
         ti = torch.randint(n_t, (n_t,), generator=gen)
         ni = torch.randint(n_n, (n_n,), generator=gen)
         boot[b] = per_layer(toxic[ti], neutral[ni])
-    q = torch.tensor([(1 - ci) / 2, (1 + ci) / 2], dtype=torch.float64)
-    lo, hi = torch.quantile(boot, q, dim=0)
+    lo, hi = (torch.from_numpy(b) for b in percentile_interval(boot.numpy(), ci, axis=0))
     return dict(point=point, lo=lo, hi=hi, boot=boot, ci=ci, n_boot=n_boot, score=score, reduce=reduce)
 
 

@@ -22,7 +22,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ._io import check_texts
 from ._progress import tqdm
+from .stats import percentile_interval
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +106,9 @@ def bootstrap_means(values: np.ndarray, n_boot: int, seed: int = 0) -> np.ndarra
 
 
 def _interval(replicates: np.ndarray, ci: float) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile interval of ``replicates`` [n_boot, m] -> (lo [m], hi [m])."""
-    alpha = (1 - ci) / 2
-    lo, hi = np.quantile(replicates, [alpha, 1 - alpha], axis=0, method="inverted_cdf")
-    return lo, hi
+    """Percentile interval of ``replicates`` [n_boot, m] -> (lo [m], hi [m]) (numpy's "inverted_cdf",
+    the convention of the committed grid results)."""
+    return percentile_interval(replicates, ci, axis=0, method="inverted_cdf")
 
 
 def toxicity_metrics(scores, threshold: float = 0.5, n_boot: int = 1000, seed: int = 0,
@@ -278,8 +279,7 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
     """Corpus-level distinct-n (Li et al. 2016): the number of distinct word n-grams over all ``texts``
     divided by the number of n-grams. Words are lower-cased whitespace tokens; a text shorter than ``n``
     words contributes no n-gram. NaN when no text has ``n`` words."""
-    if isinstance(texts, str) or not isinstance(texts, Sequence):
-        raise TypeError(f"texts must be a sequence of strings, got {type(texts).__name__}")
+    texts = check_texts(texts, allow_empty=True)
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
     seen: set[tuple[str, ...]] = set()
@@ -319,13 +319,7 @@ def perplexity(lm, texts: Sequence[str], batch_size: int = 8, max_length: int = 
     over texts of exp(mean NLL of the text), plus ``n_texts`` and ``n_tokens`` (scored tokens).
     Memory: one batch of logits, [batch_size, longest text, vocab] floats.
     """
-    if isinstance(texts, str) or not isinstance(texts, Sequence):
-        raise TypeError(f"texts must be a sequence of strings (a list), got {type(texts).__name__}")
-    if len(texts) == 0:
-        raise ValueError("texts is empty; give at least one text")
-    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-    if bad:
-        raise TypeError(f"texts must all be strings; positions {bad[:10]} are not")
+    texts = check_texts(texts)
     for name, value, least in (("batch_size", batch_size, 1), ("max_length", max_length, 2)):
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise ValueError(f"{name} must be an int >= {least}, got {value!r}")

@@ -1,9 +1,16 @@
-"""One result schema for every run, with its provenance.
+"""One result schema for every run, with its provenance, and the one reader of every result record.
 
-A run writes ``<out>/<config_hash>.json``::
+Every result record is a JSON object whose ``kind`` says what it is (`KINDS`): ``grid-run`` (this
+module's `write_result`), ``localization`` (`experiment.write_localization`), ``explorer``
+(`explorer.write`), ``evaluator-validation`` (`validate_evaluators.validate`). `read_record` reads any
+of them and checks the kind; records written before ``kind`` existed (grid runs, the evaluator
+validation) are taken to be the kind their reader asks for, or, asked for none, the kind their folder
+or file name says.
 
-    {"schema": 1, "status": "ok" | "failed", "config": {...}, "config_hash": "...",
-     "metrics": {...}, "provenance": {...}, "error": null | "<traceback>"}
+A grid run writes ``<out>/<config_hash>.json``::
+
+    {"schema": 1, "kind": "grid-run", "status": "ok" | "failed", "config": {...},
+     "config_hash": "...", "metrics": {...}, "provenance": {...}, "error": null | "<traceback>"}
 
 and, when it generated text, ``<out>/<config_hash>.samples.csv.gz`` with every continuation and its
 score under each evaluator. `load_results` flattens a folder of them into one DataFrame.
@@ -18,6 +25,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import platform
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -28,6 +36,8 @@ import pandas as pd
 from ._io import REPO_ROOT, atomic_path, atomic_write_json, sha256_file
 
 SCHEMA_VERSION = 1
+KINDS = ("grid-run", "localization", "explorer", "evaluator-validation")
+GRID_RUN = "grid-run"
 TRACKED_PACKAGES = (
     "torch", "transformers", "numpy", "scikit-learn", "onnxruntime", "papermill", "gguf",
     "tox-block", "toxic-comment-classifier", "alt-profanity-check", "hatesonar", "detoxify",
@@ -80,11 +90,11 @@ def write_result(path: str | Path, *, config: Mapping[str, Any], config_hash: st
     if status == "ok" and "files" not in provenance and samples.is_file():
         provenance["files"] = {"samples": file_record(samples)}
     record = {
-        "schema": SCHEMA_VERSION, "status": status, "config": dict(config),
+        "schema": SCHEMA_VERSION, "kind": GRID_RUN, "status": status, "config": dict(config),
         "config_hash": config_hash, "metrics": dict(metrics or {}),
         "provenance": provenance, "error": error,
     }
-    return atomic_write_json(path, _jsonable(record))
+    return atomic_write_json(path, jsonable(record))
 
 
 def samples_path(result_path: str | Path) -> Path:
@@ -167,31 +177,69 @@ def write_samples(path: str | Path, samples: pd.DataFrame) -> Path:
 
 
 _REQUIRED = {"status": str, "config": dict, "config_hash": str, "metrics": dict, "provenance": dict}
+_FIX = "delete it and rerun the batch to recreate it"
+_BY_FOLDER = {"localization": "localization", "explorer": "explorer", "evaluators": "evaluator-validation"}
 
 
-def read_result(path: str | Path) -> dict[str, Any]:
-    """One result file, checked against the schema above; ValueError naming the file and what is wrong
-    (unreadable, not JSON, not an object, another schema, a missing or mistyped field)."""
+def infer_kind(path: str | Path) -> str | None:
+    """The kind a record without ``kind`` has, from where it lies: a ``<16 hex>.json`` name is a grid
+    run; a file in a ``localization``, ``explorer`` or ``evaluators`` folder, or named
+    ``validation*.json``, is a localization, explorer or evaluator-validation record; else None."""
     path = Path(path)
-    fix = "delete it and rerun the batch to recreate it"
+    if re.fullmatch(r"[0-9a-f]{16}", path.stem):
+        return GRID_RUN
+    if path.parent.name in _BY_FOLDER:
+        return _BY_FOLDER[path.parent.name]
+    return "evaluator-validation" if path.stem.startswith("validation") else None
+
+
+def read_record(path: str | Path, kind: str | None = None) -> dict[str, Any]:
+    """One result record of any kind (`KINDS`), checked: ValueError naming the file and what is wrong
+    (unreadable, not JSON, not an object, an unknown kind, another kind than ``kind``; for a grid
+    run, also the checks of `read_result`). A record without ``kind`` (written before it existed) is
+    of the kind asked for, else of `infer_kind`'s; the record returned always has ``kind``."""
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"kind {kind!r} is not allowed; allowed: {', '.join(KINDS)}")
+    path = Path(path)
+    fix = f"; {_FIX}" if (kind or infer_kind(path)) == GRID_RUN else ""
     try:
         record = json.loads(path.read_bytes().decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"result file {path} is unreadable ({exc}); {fix}") from None
+        raise ValueError(f"result file {path} is unreadable ({exc}){fix}") from None
     if not isinstance(record, dict):
-        raise ValueError(f"result file {path} holds a JSON {type(record).__name__}, not a result object; "
-                         f"{fix}")
+        raise ValueError(f"result file {path} holds a JSON {type(record).__name__}, not a result "
+                         f"object{fix}")
+    found = record.get("kind") or kind or infer_kind(path)
+    if found not in KINDS:
+        raise ValueError(f"result file {path} has kind {found!r}; allowed: {', '.join(KINDS)} (a file "
+                         "without kind is told by its name: <config_hash>.json, or a localization, "
+                         "explorer or evaluators folder)")
+    if kind is not None and found != kind:
+        raise ValueError(f"result file {path} is a {found!r} record, not {kind!r}")
+    record = {**record, "kind": found}
+    if found == GRID_RUN:
+        _check_grid_run(path, record)
+    return record
+
+
+def read_result(path: str | Path) -> dict[str, Any]:
+    """One grid-run result file (`read_record` with kind ``grid-run``), checked against the schema
+    above; ValueError naming the file and what is wrong (unreadable, not JSON, not an object, another
+    kind or schema, a missing or mistyped field)."""
+    return read_record(path, GRID_RUN)
+
+
+def _check_grid_run(path: Path, record: dict[str, Any]) -> None:
     if record.get("schema") != SCHEMA_VERSION:
         raise ValueError(f"result file {path} has schema {record.get('schema')!r}; this code reads "
                          f"schema {SCHEMA_VERSION}")
-    for key, kind in _REQUIRED.items():
-        if not isinstance(record.get(key), kind):
+    for key, typ in _REQUIRED.items():
+        if not isinstance(record.get(key), typ):
             what = "lacks" if key not in record else f"has a {type(record[key]).__name__} as"
             raise ValueError(f"result file {path} {what} {key!r} (a result needs {', '.join(_REQUIRED)}); "
-                             f"{fix}")
+                             f"{_FIX}")
     if record["status"] not in ("ok", "failed"):
         raise ValueError(f"result file {path} has status {record['status']!r}; allowed: 'ok', 'failed'")
-    return record
 
 
 def load_results(folder: str | Path, status: str | None = "ok") -> pd.DataFrame:
@@ -227,12 +275,12 @@ def _flatten(prefix: str, obj: Any) -> dict[str, Any]:
     return {prefix: obj}
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     """Make numpy / torch scalars and tuples JSON-safe; NaN becomes None."""
     if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 0) == 0:
         obj = obj.item()
     if isinstance(obj, float) and obj != obj:

@@ -7,10 +7,13 @@ Conventions (one for the whole module)
 --------------------------------------
 - **Bootstrap intervals** are percentile intervals: the ``(1 - ci) / 2`` and ``(1 + ci) / 2``
   quantiles of the replicates with numpy's ``method="linear"`` (type 7) interpolation, computed by
-  `bootstrap_ci`. Replicates where a statistic is undefined (NaN, e.g. a 0 / 0 ratio) are dropped;
-  ``+inf`` replicates (a ratio over a zero) are kept and sort last. Paired data are resampled by one
-  index array shared by every arm (`paired_bootstrap_indices`), so pairs stay pairs.
-  (``detox_utils.metrics`` uses ``inverted_cdf``; the two differ by less than one replicate's gap.)
+  `bootstrap_ci` (on `percentile_interval`, the package's one interval helper). Replicates where a
+  statistic is undefined (NaN, e.g. a 0 / 0 ratio) are dropped; ``+inf`` replicates (a ratio over a zero) are
+  kept and sort last. Paired data are resampled by one index array shared by every arm
+  (`paired_bootstrap_indices`), so pairs stay pairs.
+  (``detox_utils.metrics`` and ``detox_utils.zeroshot`` call `percentile_interval` with
+  ``inverted_cdf``, as the committed grid results were computed; the two differ by less than one
+  replicate's gap.)
 - **Reduction factors** are baseline / method (2.0 = halved); "the claimed direction" of a reduction
   claim is factor > 1.
 - **p-values** are two-sided unless a function says otherwise; "significant" means p < alpha after
@@ -28,7 +31,7 @@ import numpy as np
 from scipy import stats as _st
 
 __all__ = [
-    "bootstrap_ci", "paired_bootstrap_indices", "mcnemar_exact", "paired_signflip", "holm",
+    "percentile_interval", "bootstrap_ci", "paired_bootstrap_indices", "mcnemar_exact", "paired_signflip", "holm",
     "benjamini_hochberg", "ratio_with_ci", "profile_location", "compare_profiles",
     "early_layers_verdict", "threshold_at_fpr", "union_at_fpr", "underestimation_at_matched_fpr",
     "preprompt_readings", "verdict",
@@ -45,35 +48,42 @@ def _check_ci(ci: float) -> float:
     return float(ci)
 
 
-def _quantile_linear(sorted_x: np.ndarray, q: float) -> float:
-    """numpy's "linear" quantile of a sorted 1-D array that may end in +inf (no inf - inf NaN)."""
-    n = sorted_x.size
-    h = (n - 1) * q
-    lo, hi = int(math.floor(h)), int(math.ceil(h))
-    a, b = sorted_x[lo], sorted_x[hi]
-    frac = h - lo
-    if frac == 0 or a == b:
-        return float(a)
-    if math.isinf(b) or math.isinf(a):
-        return float(b) if frac > 0 and math.isinf(b) else float(a)
-    return float(a + frac * (b - a))
+def percentile_interval(samples, level: float = 0.95, axis: int = 0, method: str = "linear"):
+    """The central ``level`` interval of ``samples`` along ``axis``: its ``(1 - level) / 2`` and
+    ``(1 + level) / 2`` quantiles by numpy's quantile ``method`` -> ``(lo, hi)``, floats for 1-D
+    input, arrays (``axis`` removed) otherwise. The one interval helper of the package; callers name
+    their ``method`` ("linear" here and in the localization, "inverted_cdf" in `detox_utils.metrics`).
+    Infinite samples are kept (an interpolation next to ``+inf`` is ``+inf``, not numpy's
+    ``inf - inf`` NaN); NaN samples are not dropped here (`bootstrap_ci` drops them)."""
+    level = _check_ci(level)
+    arr = np.asarray(samples, dtype=np.float64)
+    if arr.size == 0:
+        raise ValueError(f"samples must be non-empty, got shape {arr.shape}")
+    qs = ((1 - level) / 2, (1 + level) / 2)
+    with np.errstate(invalid="ignore"):
+        bounds = np.quantile(arr, qs, axis=axis, method=method)
+    if np.isinf(arr).any():
+        above = np.quantile(arr, qs, axis=axis, method="higher")
+        below = np.quantile(arr, qs, axis=axis, method="lower")
+        bad = np.isnan(bounds) & ~np.isnan(above) & ~np.isnan(below)
+        bounds = np.where(bad, np.where(np.isposinf(above), above, below), bounds)
+    if bounds.ndim == 1:
+        return float(bounds[0]), float(bounds[1])
+    return bounds[0], bounds[1]
 
 
 def bootstrap_ci(replicates, ci: float = 0.95) -> tuple:
     """Percentile interval of bootstrap ``replicates``: [n_boot] -> (lo, hi) floats, or
     [n_boot, m] -> (lo [m], hi [m]) arrays. NaN replicates are dropped (all NaN -> NaN bounds);
-    numpy quantile method "linear"."""
+    `percentile_interval` with numpy quantile method "linear"."""
     ci = _check_ci(ci)
     arr = np.asarray(replicates, dtype=np.float64)
     if arr.ndim not in (1, 2) or arr.shape[0] == 0:
         raise ValueError(f"replicates must be a non-empty [n_boot] or [n_boot, m] array, got {arr.shape}")
-    qs = ((1 - ci) / 2, (1 + ci) / 2)
 
     def one(col: np.ndarray) -> tuple[float, float]:
-        col = np.sort(col[~np.isnan(col)])
-        if col.size == 0:
-            return math.nan, math.nan
-        return _quantile_linear(col, qs[0]), _quantile_linear(col, qs[1])
+        col = col[~np.isnan(col)]
+        return (math.nan, math.nan) if col.size == 0 else percentile_interval(col, ci)
 
     if arr.ndim == 1:
         return one(arr)

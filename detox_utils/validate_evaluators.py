@@ -25,6 +25,8 @@ import pandas as pd
 
 from detox_utils import evaluators
 from detox_utils._io import REPO_ROOT, atomic_path, atomic_write_json, sha256_file, stable_hash
+from detox_utils.results import read_record
+from detox_utils.stats import percentile_interval
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +82,7 @@ def auroc_interval(scores: np.ndarray, labels: np.ndarray, n_boot: int = 1000, s
         idx = rng.integers(0, len(scores), len(scores))
         if labels[idx].min() != labels[idx].max():
             stats.append(roc_auc_score(labels[idx], scores[idx]))
-    lo, hi = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
+    return percentile_interval(stats, level)
 
 
 def roc_points(scores: np.ndarray, labels: np.ndarray, n_points: int = 101) -> dict[str, list[float]]:
@@ -168,6 +169,7 @@ def validate(names: Sequence[str] | None = None, split: str = "test", frame: pd.
                  name, metrics["auroc"], lo, hi, metrics["positive_rate"],
                  "n/a" if metrics["precision"] is None else f"{metrics['precision']:.3f}", metrics["recall"])
     report = {
+        "kind": "evaluator-validation",
         "what": ("toxicity evaluators validated on labelled comments (label 1 = insult); a text is flagged "
                  f"when its score >= {threshold}"),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -198,9 +200,7 @@ def scores_file(out: str | os.PathLike = DEFAULT_OUT) -> Path:
 def read_scores(out: str | os.PathLike = DEFAULT_OUT) -> pd.DataFrame:
     """The per-text scores written by `validate` (``label`` and one ``score.<name>`` column per
     evaluator), checked against the sha256 its report recorded."""
-    import json
-
-    report = json.loads(Path(out).read_text())
+    report = read_record(out, "evaluator-validation")
     path = scores_file(out)
     info = report.get("scores_file")
     if info is None or not path.is_file():

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from . import data, metrics, registry
+from .stats import percentile_interval
 from ._progress import tqdm
 
 log = logging.getLogger(__name__)
@@ -403,7 +404,7 @@ def compare(a: Mapping, b: Mapping, metric: str = "acc", n_boot: int = 2000, see
     cb = np.array([rows[1][i] for i in ids], dtype=np.float64)
     a_only, b_only = int(((ca == 1) & (cb == 0)).sum()), int(((ca == 0) & (cb == 1)).sum())
     reps = metrics.bootstrap_means((cb - ca)[None, :], n_boot, seed)[:, 0]
-    lo, hi = np.quantile(reps, [(1 - CI) / 2, (1 + CI) / 2], method="inverted_cdf")
+    lo, hi = percentile_interval(reps, CI, method="inverted_cdf")
     discordant = a_only + b_only
     return {"n": len(ids), "a": float(ca.mean()), "b": float(cb.mean()), "diff": float(cb.mean() - ca.mean()),
             "diff_lo": float(lo), "diff_hi": float(hi), "a_only": a_only, "b_only": b_only,

@@ -235,7 +235,7 @@ def test_model_cards_match_the_reference_gguf_reader():
     file) on the packaged SmolLM2 GGUF; the cards' parameter count is their sum."""
     import gguf
 
-    files, _, _ = report._gguf_files("smollm2-135m")
+    files, _, _ = report.packaged_gguf("smollm2-135m")
     ours = report.gguf_header(files)["tensors"]
     reference = gguf.GGUFReader(files[0])
     assert ours == [(t.name, tuple(int(d) for d in t.shape), t.tensor_type.name) for t in reference.tensors]

@@ -480,7 +480,7 @@ def test_fit_rejects_bad_arguments(tiny_gpt2):
         iv.fit("rome", tiny_gpt2, TOXIC, NEUTRAL)
     with pytest.raises(TypeError, match="allowed: \\['k'\\]"):
         iv.fit("det0", tiny_gpt2, TOXIC, NEUTRAL, alpha=0.3)
-    with pytest.raises(ValueError, match="toxic_texts"):
+    with pytest.raises(TypeError, match="toxic_texts"):
         iv.fit("aura", tiny_gpt2, "one string", NEUTRAL)
 
 

@@ -90,3 +90,25 @@ def test_cache_command_lists_and_clears(tmp_path, monkeypatch, capsys):
     assert "allowed: models, activations, gradient_scores, interventions, capability, all" in capsys.readouterr().err
     assert main(["cache", "--clear", "all"]) == 0
     assert not (tmp_path / "interventions").exists()
+
+
+def test_check_texts_is_the_one_text_check():
+    import pandas as pd
+
+    from detox_utils._io import check_texts
+
+    assert check_texts(("a", "")) == ["a", ""]
+    assert check_texts(pd.Series(["x", "y"]), "prompts") == ["x", "y"]
+    assert check_texts([], allow_empty=True) == []
+    with pytest.raises(TypeError, match=r"prompts must be a sequence of str .*not a single str; wrap it"):
+        check_texts("one text", "prompts")
+    with pytest.raises(TypeError, match="not a single bytes"):
+        check_texts(b"raw")
+    with pytest.raises(TypeError, match="got int"):
+        check_texts(3)
+    with pytest.raises(TypeError, match=r"texts\[1\] is NoneType, not str; every item of texts must be a str$"):
+        check_texts(["a", None])
+    with pytest.raises(TypeError, match=r"toxic_texts\[0\] is int.*2 items are not str, positions \[0, 2\]"):
+        check_texts([1, "b", 2.0], "toxic_texts")
+    with pytest.raises(ValueError, match="neutral_texts is empty; give at least one text"):
+        check_texts([], "neutral_texts")

@@ -258,3 +258,19 @@ def test_verdict_each_branch():
     assert S.verdict((1.2, 3.0), 0.08, mde=3.0, claimed=2.2) == "inconclusive (underpowered)"
     # an infinite upper bound is fine
     assert S.verdict((1.5, math.inf), 0.01, mde=2.0, claimed=2.2) == "reproduces"
+
+
+def test_percentile_interval_is_the_one_helper():
+    x = np.random.default_rng(1).normal(size=(401, 3))
+    lo, hi = S.percentile_interval(x, 0.9, axis=0)
+    assert np.allclose(lo, np.quantile(x, 0.05, axis=0)) and np.allclose(hi, np.quantile(x, 0.95, axis=0))
+    lo, hi = S.percentile_interval(x[:, 0], 0.9, method="inverted_cdf")
+    assert isinstance(lo, float) and (lo, hi) == tuple(np.quantile(x[:, 0], [0.05, 0.95],
+                                                                   method="inverted_cdf"))
+    assert S.percentile_interval(np.arange(101.0), 0.9) == pytest.approx((5.0, 95.0))
+    # next to +inf the bound is +inf (numpy alone gives inf - inf = NaN)
+    assert S.percentile_interval([1.0, 2.0, np.inf, np.inf], 0.5) == (1.75, np.inf)
+    with pytest.raises(ValueError, match="ci must be"):
+        S.percentile_interval(x, 95)
+    with pytest.raises(ValueError, match="non-empty"):
+        S.percentile_interval([], 0.95)

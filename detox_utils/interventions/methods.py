@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import torch
 
 from .. import __version__
-from .._io import stable_hash
+from .._io import check_texts, stable_hash
 from ..config import METHOD_PARAMS
 from .aura import Aura, Damp, Det0
 from .base import FORMAT, FORMAT_VERSION, Method, NoIntervention
@@ -17,14 +17,6 @@ from .meow2x import Meow2X
 from .trne import Trne
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (NoIntervention, Aura, Det0, Damp, Meow2X, Trne)}
-
-
-def _check_texts(texts: Any, what: str) -> list[str]:
-    if isinstance(texts, str) or not isinstance(texts, Sequence) or not texts:
-        raise ValueError(f"{what} must be a non-empty list of strings")
-    if not all(isinstance(t, str) for t in texts):
-        raise TypeError(f"{what} must hold only strings")
-    return list(texts)
 
 
 def fit(method: str, lm: Any, toxic_texts: Sequence[str], neutral_texts: Sequence[str], *,
@@ -47,8 +39,8 @@ def fit(method: str, lm: Any, toxic_texts: Sequence[str], neutral_texts: Sequenc
     if unknown:
         raise TypeError(f"unknown parameter(s) {unknown} for {method!r}; allowed: {sorted(METHOD_PARAMS[method])}")
     params = {**METHOD_PARAMS[method], **params}
-    toxic = _check_texts(toxic_texts, "toxic_texts")
-    neutral = _check_texts(neutral_texts, "neutral_texts")
+    toxic = check_texts(toxic_texts, "toxic_texts")
+    neutral = check_texts(neutral_texts, "neutral_texts")
     prov = {"n_toxic": len(toxic), "n_neutral": len(neutral), "texts_hash": stable_hash([toxic, neutral]),
             "detox_utils": __version__}
     return METHODS[method]._fit(lm, toxic, neutral, params, prov,

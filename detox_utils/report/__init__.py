@@ -22,9 +22,10 @@ report.runs()``); the build function itself is ``report.build.build``.
 from .. import _progress  # noqa: F401 - filters tqdm's IProgress warning out of the book pages
 from . import build
 from .build import inputs_fingerprint, main, retitle_notebook
-from .cards import (VALIDATION_FILE, _gguf_files, dataset_card, dataset_card_html, dataset_summary,
-                    evaluator_cards, evaluator_validation_table, gguf_header, model_cards, model_scale,
-                    plot_evaluator_validation, read_validation, role_overlap)
+from ..gguf_header import gguf_header, packaged_gguf
+from .cards import (VALIDATION_FILE, dataset_card, dataset_card_html, dataset_summary, evaluator_cards,
+                    evaluator_validation_table, model_cards, model_scale, plot_evaluator_validation,
+                    read_validation, role_overlap)
 from .claims import claims_table, plot_reduction_forest
 from .common import (DEFAULT_GRID, METHOD_ORDER, METRIC_LABELS, RESULTS, RESULTS_ENV, evaluator_columns,
                      fmt_ci, grid_folder, html_table, method_label, reductions, runs, samples)
@@ -38,8 +39,8 @@ __all__ = [
     "VALIDATION_FILE", "before_after", "build", "claims_table", "dataset_card", "dataset_card_html",
     "dataset_summary", "disagreements", "early_test_table", "evaluator_cards", "evaluator_columns",
     "evaluator_validation_table", "fmt_ci", "gguf_header", "grid_folder", "html_table",
-    "inputs_fingerprint", "load_localization", "main", "method_label", "model_cards", "model_scale", "pareto_front",
-    "plot_evaluator_validation", "plot_layer_heatmap", "plot_layer_heatmaps", "plot_layer_scores", "plot_per_evaluator",
+    "inputs_fingerprint", "load_localization", "main", "method_label", "model_cards", "model_scale",
+    "packaged_gguf", "pareto_front", "plot_evaluator_validation", "plot_layer_heatmap", "plot_layer_heatmaps", "plot_layer_scores", "plot_per_evaluator",
     "plot_reduction_forest", "plot_tradeoff", "plot_unit_distribution", "pooled_agreement",
     "read_localization", "read_validation", "reductions", "retitle_notebook", "role_overlap", "runs",
     "samples", "underestimation_by_run", "union_validation",

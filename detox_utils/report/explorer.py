@@ -4,12 +4,12 @@ states, all read from ``results/explorer/<model>.json`` (`detox_utils.explorer`)
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .. import results
 from .common import RESULTS
 
 EARLY_SHARE = 1 / 3  # the "early layers" of the localization claim: the first third
@@ -22,7 +22,7 @@ def load_explorer(folder: str | Path = RESULTS / "explorer") -> list[dict]:
     paths = sorted(p for p in Path(folder).glob("*.json") if "__" not in p.stem)
     if not paths:
         raise FileNotFoundError(f"no explorer results in {folder}; run python -m detox_utils explore --model M")
-    return sorted((json.loads(p.read_text()) for p in paths), key=lambda r: (r["n_layers"], r["model"]))
+    return sorted((results.read_record(p, "explorer") for p in paths), key=lambda r: (r["n_layers"], r["model"]))
 
 
 def visible(token: str) -> str:

@@ -2,12 +2,12 @@
 records and plotting where the toxicity-selective units sit by layer and site."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .. import results
 from .common import RESULTS
 SITE_LABELS = {"pre": "pre (gate / c_fc output)", "up": "up (GLU up_proj output)",
                "post": "post (MLP neurons)", "out": "out (MLP output)"}
@@ -15,7 +15,7 @@ SITE_LABELS = {"pre": "pre (gate / c_fc output)", "up": "up (GLU up_proj output)
 
 def read_localization(path: str | Path) -> dict:
     """One localization record (a file written by `experiment.write_localization`)."""
-    return json.loads(Path(path).read_text())
+    return results.read_record(path, "localization")
 
 
 def load_localization(folder: str | Path = RESULTS / "localization") -> list[dict]:
@@ -24,7 +24,7 @@ def load_localization(folder: str | Path = RESULTS / "localization") -> list[dic
     paths = sorted(p for p in Path(folder).glob("*.json") if p.stem.count("__") == 1)
     if not paths:
         raise FileNotFoundError(f"no localization results in {folder}; run notebooks/localize.ipynb")
-    return [json.loads(p.read_text()) for p in paths]
+    return [read_localization(p) for p in paths]
 
 
 def _score_label(record: dict) -> str:
