@@ -26,7 +26,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -34,11 +36,10 @@ import torch  # noqa: E402
 
 from detox_utils import activations, data, generation, models  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import load  # noqa: E402
+
 MODELS = ("smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b")
-
-
-def load() -> str:
-    return "load average (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def matmul_flops(m: int, k: int, n: int, dtype: torch.dtype = torch.float32, repeats: int = 5) -> float:

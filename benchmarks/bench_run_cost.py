@@ -25,20 +25,17 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import load, scratch_cache  # noqa: E402
 
 STEPS = ("load_model", "fit", "generate", "score", "perplexity", "capability")  # older runs: perplexity
 TINY = {"model": "smollm2-135m", "method": "none", "benchmark": "rtp-challenging", "n_prompts": 2,
         "n_samples": 1, "max_new_tokens": 4, "n_contrast": 24, "n_ppl": 4, "n_boot": 20, "n_zeroshot": 0,
         "evaluators": ["alt-profanity-check"], "batch_size": 8}
-
-
-def load() -> str:
-    return "load average (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _time(stamp: str) -> dt.datetime:
@@ -109,16 +106,9 @@ def measure() -> None:
     import papermill as pm
 
     from detox_utils import batch
-    from detox_utils._io import cache_root
     from detox_utils.config import EvalConfig
 
-    real_models = cache_root() / "models"
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        (tmp / "cache").mkdir()
-        if real_models.is_dir():
-            (tmp / "cache" / "models").symlink_to(real_models)
-        os.environ["DETOX_CACHE_DIR"] = str(tmp / "cache")
+    with scratch_cache() as tmp:
         trivial = tmp / "trivial.ipynb"
         nb = nbformat.v4.new_notebook()
         nb.cells = [nbformat.v4.new_code_cell("x = 1")]

@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--profile", required=True, help="profile name in the profiles file")
     b.add_argument("--out", required=True, help="folder for result files and executed notebooks")
     b.add_argument("--jobs", type=int, default=1, help="runs at a time on this machine (default 1)")
+    b.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads per run (default: cores // jobs with --jobs > 1, else torch's "
+                        "default; 0: torch's default)")
     b.add_argument("--scheduler", default=None,
                    help="Dask scheduler address (tcp://host:port); default: run locally")
     b.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         summaries = batch.run_batch(args.profile, args.out, jobs=args.jobs,
                                     scheduler=args.scheduler, dry_run=args.dry_run,
                                     profiles_path=args.profiles, timeout=args.timeout,
-                                    device=args.device)
+                                    device=args.device, threads=args.threads)
     except USER_ERRORS as exc:
         return _user_error(exc)
     for s in summaries:

@@ -22,6 +22,7 @@ import dataclasses
 import itertools
 import json
 import math
+import os
 import statistics
 import logging
 import time
@@ -174,7 +175,6 @@ def notebook_path(result_path: Path) -> Path:
 def incomplete_reason(result_path: str | Path) -> str | None:
     """None when the run of ``result_path`` is complete (`results.incomplete_reason`: an ``ok`` result and
     its samples, checked against the recorded sha256; plus a readable executed notebook), else why not."""
-    import json
 
     result_path = Path(result_path)
     reason = results.incomplete_reason(result_path)
@@ -217,7 +217,7 @@ def _run_lock(out: Path, run: str, wait: bool):
 
 def run_one(config: Mapping[str, Any], out: str | Path, notebook: str | Path = NOTEBOOK,
             timeout: int | None = None, device: str = "auto", wait: bool = True,
-            since: float | None = None) -> dict[str, Any]:
+            since: float | None = None, threads: int = 0) -> dict[str, Any]:
     """Execute the evaluation notebook for one config, under the run's lock; never raises for a
     failing run.
 
@@ -241,19 +241,21 @@ def run_one(config: Mapping[str, Any], out: str | Path, notebook: str | Path = N
                 return {"config_hash": cfg.config_hash, "status": "skipped", "seconds": 0.0}
             if result_path.exists() and result_path.stat().st_mtime >= since and not _is_ok(result_path):
                 return {"config_hash": cfg.config_hash, "status": "failed", "seconds": 0.0}
-        status = _run_locked(cfg, out, result_path, notebook, timeout, device)
+        status = _run_locked(cfg, out, result_path, notebook, timeout, device, threads)
     return {"config_hash": cfg.config_hash, "status": status,
             "seconds": round(time.time() - start, 2)}
 
 
 def _run_locked(cfg: EvalConfig, out: Path, result_path: Path, notebook: str | Path,
-                timeout: int | None, device: str) -> str:
+                timeout: int | None, device: str, threads: int = 0) -> str:
     import papermill as pm
 
     nb_out = notebook_path(result_path)
     nb_out.parent.mkdir(parents=True, exist_ok=True)
     # progress=False: a stored notebook would otherwise keep every progress-bar update as stderr
     params = {**cfg.to_dict(), "result_dir": str(out), "progress": False, "device": device}
+    if threads:  # a notebook older than the threads parameter still runs with the default
+        params["threads"] = threads
     try:
         with atomic_path(nb_out) as tmp_nb:
             try:
@@ -283,14 +285,23 @@ def _run_locked(cfg: EvalConfig, out: Path, result_path: Path, notebook: str | P
 def run_batch(profile_name: str, out: str | Path, *, jobs: int = 1, scheduler: str | None = None,
               dry_run: bool = False, profiles_path: str | Path | None = None,
               notebook: str | Path = NOTEBOOK, progress: bool = True,
-              timeout: int | None = None, device: str = "auto") -> list[dict[str, Any]]:
+              timeout: int | None = None, device: str = "auto",
+              threads: int | None = None) -> list[dict[str, Any]]:
     """Plan and run a profile; returns one summary dict per planned run (skipped ones included).
+
+    ``threads`` is each notebook's torch CPU threads: by default the machine's cores shared between
+    the ``jobs`` local kernels (``cores // jobs``, at least 1), torch's own default with one job or a
+    Dask ``scheduler`` (each worker knows its machine). benchmarks/bench_scheduling.py measures the choice.
 
     ``device`` is handed to every notebook (``auto``: a CUDA GPU where the run executes has one). It is
     checked here for local runs; with a Dask ``scheduler`` each worker resolves it on its own machine.
     """
     if jobs < 1:
         raise ValueError(f"jobs = {jobs} is not allowed; allowed: an integer >= 1")
+    threads = default_threads(jobs, scheduler) if threads is None else threads
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise ValueError(f"threads = {threads!r} is not allowed; allowed: an integer >= 0 "
+                         "(0: torch's default, one per core)")
     if scheduler is None:
         resolve_device(device)
     profile = get_profile(profile_name, profiles_path)
@@ -309,7 +320,7 @@ def run_batch(profile_name: str, out: str | Path, *, jobs: int = 1, scheduler: s
              len(runs) - len(todo), len(todo))
     labels = {r.config.config_hash: r.label for r in todo}
     bar = tqdm(total=len(todo), desc=f"batch {profile_name}", disable=not progress, unit="run")
-    for summary in _execute(todo, Path(out), jobs, scheduler, notebook, timeout, device):
+    for summary in _execute(todo, Path(out), jobs, scheduler, notebook, timeout, device, threads):
         summary["label"] = labels[summary["config_hash"]]
         summaries.append(summary)
         bar.update(1)
@@ -385,8 +396,17 @@ def _remove_stale_temporaries(out: Path) -> None:
                     tmp.unlink(missing_ok=True)
 
 
+def default_threads(jobs: int, scheduler: str | None = None) -> int:
+    """Torch threads per notebook for ``jobs`` local kernels: ``cores // jobs`` (at least 1) when
+    ``jobs > 1``; 0 (torch's default) for one job or on a Dask cluster."""
+    if scheduler or jobs <= 1:
+        return 0
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
 def _execute(todo: list[PlannedRun], out: Path, jobs: int, scheduler: str | None,
-             notebook: str | Path, timeout: int | None, device: str) -> Iterable[dict[str, Any]]:
+             notebook: str | Path, timeout: int | None, device: str,
+             threads: int = 0) -> Iterable[dict[str, Any]]:
     """Run ``todo``: first every run no other batch holds (``busy`` ones are deferred), then the deferred
     ones, waiting for their locks (each is skipped if the other batch completed it)."""
     since = time.time()
@@ -394,7 +414,7 @@ def _execute(todo: list[PlannedRun], out: Path, jobs: int, scheduler: str | None
             for r in todo}
     busy: list[str] = []
     for wait in (False, True):
-        batch_args = [(*args[h], wait, since) for h in (busy if wait else args)]
+        batch_args = [(*args[h], wait, since, threads) for h in (busy if wait else args)]
         busy = []
         for summary in _map(run_one, batch_args, jobs, scheduler):
             if summary["status"] == "busy":
@@ -431,5 +451,5 @@ def _map(fn, arg_tuples: list[tuple], jobs: int, scheduler: str | None) -> Itera
             yield fut.result()
 
 
-__all__ = ["ConfigError", "PlannedRun", "expand", "get_profile", "incomplete_reason", "load_profiles",
+__all__ = ["ConfigError", "PlannedRun", "default_threads", "expand", "get_profile", "incomplete_reason", "load_profiles",
            "notebook_path", "plan", "run_batch", "run_label", "run_one"]

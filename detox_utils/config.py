@@ -20,8 +20,8 @@ OFFLINE_EVALUATORS = ("tox-block", "toxic-comment-classifier", "alt-profanity-ch
 # Every evaluator name `detox_utils.evaluators.load` knows (that module imports torch; a test keeps the
 # two lists equal). Detoxify needs a checkpoint file, so a run naming it still fails at load without one.
 EVALUATORS = (*OFFLINE_EVALUATORS, "detoxify")
-# Notebook parameters that are not config fields: where to write, the device, progress bars.
-NOTEBOOK_EXTRAS = ("result_dir", "device", "progress")
+# Notebook parameters that are not config fields: where to write, the device, CPU threads, progress bars.
+NOTEBOOK_EXTRAS = ("result_dir", "device", "threads", "progress")
 DTYPES = ("float32", "bfloat16", "float16")
 
 # Fields added after results were published enter the config hash only when they differ from these
@@ -68,6 +68,20 @@ def resolve_device(device: Any) -> str:
     if parsed.type == "mps":
         _check(torch.backends.mps.is_available(), "device", device, f"{allowed}; MPS is not available here")
     return str(parsed)
+
+
+def set_threads(threads: Any) -> int:
+    """Set torch's intra-op CPU threads for this process: ``0`` keeps torch's default (one per core),
+    ``n >= 1`` uses ``n`` (e.g. one each for ``batch --jobs 2`` on 2 cores, so two kernels do not
+    oversubscribe the cores). Like the device, a runtime choice outside the config hash; the numbers a
+    run computes do not depend on it beyond float reduction order. Returns the threads now in use."""
+    import torch
+
+    _check(isinstance(threads, int) and not isinstance(threads, bool) and threads >= 0, "threads", threads,
+           "an integer >= 0 (0: torch's default, one thread per core)")
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
 
 # Free parameters of each method with their defaults, and what each may be (`detox_utils.registry`).
 METHOD_PARAMS: dict[str, dict[str, Any]] = {name: spec.defaults for name, spec in registry.METHODS.items()}

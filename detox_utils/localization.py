@@ -69,7 +69,8 @@ def _per_unit(
     fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], toxic, neutral, chunk: int | None = None
 ) -> torch.Tensor:
     """Apply ``fn(toxic [n_t, c], neutral [n_n, c]) -> [c]`` over chunks of units (inputs on CPU, in
-    their own dtype; half precision widened to float32, which is exact)."""
+    their own dtype; half precision widened to float32, which is exact), the chunks spread over
+    ``torch.get_num_threads()`` threads (each chunk's result is the same whichever thread runs it)."""
     toxic, neutral = _as_pair(toxic, neutral)
     units = toxic.shape[1:]
     t, n = toxic.reshape(toxic.shape[0], -1).cpu(), neutral.reshape(neutral.shape[0], -1).cpu()
@@ -77,8 +78,20 @@ def _per_unit(
         t, n = t.float(), n.float()
     chunk = chunk or max(1, _CHUNK_ELEMENTS // (t.shape[0] + n.shape[0]))
     out = torch.empty(t.shape[1], dtype=torch.float64)
-    for s in range(0, t.shape[1], chunk):
+    starts = range(0, t.shape[1], chunk)
+
+    def one(s: int) -> None:
         out[s : s + chunk] = fn(t[:, s : s + chunk], n[:, s : s + chunk])
+
+    workers = min(torch.get_num_threads(), len(starts))
+    if workers <= 1:
+        for s in starts:
+            one(s)
+    else:  # chunks are independent and NumPy's sorts release the GIL: one chunk per torch thread
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(one, starts))
     return out.reshape(units)
 
 

@@ -213,3 +213,38 @@ def test_dry_run_charges_the_capability_step_once_per_edit(tmp_path):
     assert by[("aura", "slur-prefixes")] == 100.0  # its capability record is already paid for
     damp = sorted(v for (m, _), v in by.items() if m == "damp")
     assert damp == [100.0, 600.0]  # the first damp run pays the step, the second reads it
+
+
+def test_threads_shared_between_local_jobs(profiles, tmp_path, monkeypatch):
+    """With --jobs N each kernel gets cores // N torch threads (recorded as a papermill parameter);
+    one job keeps torch's default; bad values are refused before anything runs."""
+    monkeypatch.setattr(batch.os, "cpu_count", lambda: 8)
+    assert batch.default_threads(1) == 0 and batch.default_threads(2) == 4
+    assert batch.default_threads(3) == 2 and batch.default_threads(16) == 1
+    assert batch.default_threads(4, scheduler="tcp://127.0.0.1:1") == 0
+    monkeypatch.undo()
+    out = tmp_path / "out"
+    batch.run_batch("tiny", out, profiles_path=profiles, notebook=FAKE_NB, progress=False, jobs=2,
+                    threads=1)
+    params = [json.loads(p.read_text())["metadata"]["papermill"]["parameters"]
+              for p in (out / "notebooks").glob("*.ipynb")]
+    assert params and all(p.get("threads") == 1 for p in params)
+    with pytest.raises(ValueError, match="threads = -1 is not allowed; allowed: an integer >= 0"):
+        batch.run_batch("tiny", out, profiles_path=profiles, notebook=FAKE_NB, threads=-1)
+
+
+def test_set_threads_checks_its_value():
+    import torch
+
+    from detox_utils.config import set_threads
+
+    before = torch.get_num_threads()
+    assert set_threads(0) == before
+    with pytest.raises(ConfigError, match="'threads' = 'two'.*integer >= 0"):
+        set_threads("two")
+    with pytest.raises(ConfigError, match="'threads' = True"):
+        set_threads(True)
+    try:
+        assert set_threads(1) == 1
+    finally:
+        torch.set_num_threads(before)

@@ -78,7 +78,8 @@ def test_peak_depth_ties_take_the_first_layer_and_spread_rule():
     same = C.peak_depths([_loc("x", [0, 5, 1, 1, 0]), _loc("y", [0, 1, 5, 1, 0, 0, 0, 0, 0])])
     assert same == {"x": 0.25, "y": 0.25}
     assert C.depth_spread_rule(same) == "not distinguishable at this resolution"
-    assert C.depth_spread_rule({}) == "not distinguishable at this resolution"
+    assert C.depth_spread_rule({}) == C.NOT_TESTED
+    assert C.depth_spread_rule({"a": 0.5}) == C.NOT_TESTED
 
 
 def test_underestimation_rule_needs_half_the_runs():
@@ -169,3 +170,10 @@ def test_preprompt_verdict_every_branch():
     # significant, but the lift goes the wrong way
     assert evidence._preprompt_verdict(_pre([0.001], [0.001], i_aura=2.0, i_aura_pre=1.5)).startswith(
         "does not reproduce")
+
+
+def test_rules_without_evidence_say_not_tested():
+    """No localization result, no run: a rule must not return a verdict it has no data for."""
+    assert C.early_layers_rule({}) == C.NOT_TESTED
+    assert C.underestimation_rule(pd.Series([], dtype=float)) == C.NOT_TESTED
+    assert C.reduction_rule(_red([], [])) == C.NOT_TESTED

@@ -16,9 +16,16 @@ from .localization import load_localization
 # the first grid's verdict rules, one function each (tests/test_claim_rules.py)
 
 
+# the verdict of a rule given no evidence at all (no result of the kind it reads)
+NOT_TESTED = "not tested: no results"
+
+
 def early_layers_rule(tests: dict[str, dict], alpha: float = 0.05) -> str:
     """"reproduces" when every model's early-third permutation test (``{model: {p_permutation, ...}}``)
-    has p < ``alpha``, "partly: only ..." when some do, else "does not reproduce"."""
+    has p < ``alpha``, "partly: only ..." when some do, else "does not reproduce"; "not tested" without
+    any model's test."""
+    if not tests:
+        return NOT_TESTED
     supported = [m for m, t in tests.items() if t["p_permutation"] < alpha]
     if len(supported) == len(tests):
         return "reproduces"
@@ -36,21 +43,29 @@ def peak_depths(loc: list[dict], site: str = "post") -> dict[str, float]:
 
 
 def depth_spread_rule(depth: dict[str, float], min_spread: float = 0.2) -> str:
-    """"reproduces" when the models' peak depths (`peak_depths`) span at least ``min_spread``."""
-    spread = max(depth.values()) - min(depth.values()) if depth else 0.0
+    """"reproduces" when the models' peak depths (`peak_depths`) span at least ``min_spread``; "not
+    tested" with fewer than two models (a spread needs two)."""
+    if len(depth) < 2:
+        return NOT_TESTED
+    spread = max(depth.values()) - min(depth.values())
     return "reproduces" if spread >= min_spread else "not distinguishable at this resolution"
 
 
 def underestimation_rule(best: pd.Series) -> str:
     """``best``: per run, the smallest shortfall of a single evaluator against the union
-    (`underestimation_by_run`'s row minimum); "reproduces" when it is > 0 in at least half the runs."""
+    (`underestimation_by_run`'s row minimum); "reproduces" when it is > 0 in at least half the runs;
+    "not tested" without runs."""
+    if not len(best):
+        return NOT_TESTED
     return "reproduces" if (best > 0).mean() >= 0.5 else "does not reproduce"
 
 
 def reduction_rule(sub: pd.DataFrame, max_ppl_increase: float = 0.25) -> str:
     """A reduction claim over the rows ``sub`` (`reductions` with ``rel_ppl``): it reproduces in a
     model/benchmark pair with a setting whose CI lower bound of the reduction factor is > 1 at a
-    relative perplexity increase <= ``max_ppl_increase``."""
+    relative perplexity increase <= ``max_ppl_increase``; "not tested" without rows."""
+    if not len(sub):
+        return NOT_TESTED
     significant = sub.tox_prob_ratio_lo > 1
     good = sub[significant & (sub.rel_ppl <= max_ppl_increase)]
     cells = sub.groupby(["model", "benchmark"]).ngroups
