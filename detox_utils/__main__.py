@@ -2,8 +2,10 @@
 [--device DEV] [--dry-run]``, ``python -m detox_utils verify --out DIR [--runs HASH ...] [--n N]``,
 ``python -m detox_utils cache [--clear KIND]``, ``python -m detox_utils export --model M --method NAME
 --out DIR [--param k=v ...]`` (an edited model as a plain transformers folder), ``python -m detox_utils
-explore --model M [--n-contrast N] [--out DIR]`` (the neuron explorer's record of a model) and ``python -m detox_utils run NOTEBOOK OUTPUT -p NAME
-VALUE ...`` (papermill, refusing parameters the notebook does not declare).
+explore --model M [--n-contrast N] [--out DIR]`` (the neuron explorer's record of a model), ``python -m
+detox_utils localize [--models M ...] [--out DIR]`` (the localization notebook on each packaged model
+whose result is missing) and ``python -m detox_utils run NOTEBOOK OUTPUT -p NAME VALUE ...``
+(papermill, refusing parameters the notebook does not declare).
 
 The maintainer tools are subcommands too, each with its own options (``python -m detox_utils TOOL
 --help``): ``book`` (`detox_utils.report.build`: ``book build [--results DIR]``, ``book retitle``),
@@ -111,7 +113,16 @@ def main(argv: list[str] | None = None) -> int:
     x.add_argument("--seed", type=int, default=0)
     x.add_argument("--out", default="results/explorer", help="result folder (default: %(default)s)")
     x.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    lo = sub.add_parser("localize", help="run notebooks/localize.ipynb on each packaged model whose "
+                                         "result is missing (the book's localization results)")
+    lo.add_argument("--models", nargs="+", default=None, metavar="M",
+                    help="packaged models (default: all of them, in the registry's order)")
+    lo.add_argument("--out", default=None,
+                    help="folder of the results and executed notebooks (default: the repository's "
+                         "results/localization, which the book reads)")
     args = parser.parse_args(argv)
+    if args.command == "localize":
+        return _localize(args)
     if args.command == "explore":
         return _explore(args)
     if args.command == "export":
@@ -182,6 +193,27 @@ def _explore(args: argparse.Namespace) -> int:
     except USER_ERRORS as exc:
         return _user_error(exc)
     print(f"wrote {out}")
+    return 0
+
+
+def _localize(args: argparse.Namespace) -> int:
+    import papermill as pm
+
+    from . import localize_runs
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        for model, status in localize_runs.run_localizations(args.models, args.out or localize_runs.OUT):
+            print(f"{status:8s} {model}")
+    except USER_ERRORS as exc:
+        return _user_error(exc)
+    except pm.PapermillExecutionError as err:
+        print(f"error: the localization notebook failed in cell {err.exec_count}: {err.ename}: "
+              f"{err.evalue} (its partly executed copy is failed-localize-<model>.ipynb)", file=sys.stderr)
+        return 1
+    except RuntimeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

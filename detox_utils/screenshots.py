@@ -48,26 +48,64 @@ def find_chromium() -> str | None:
     return None
 
 
+# the source suffixes of the book's pages (Sphinx's .rst, myst-nb's .md and .ipynb)
+SOURCE_SUFFIXES: tuple[str, ...] = (".md", ".ipynb", ".rst")
+
+
+def glob_pages(pattern: str, root: str | Path) -> list[str]:
+    """The pages a ``glob:`` entry of ``_toc.yml`` stands for, as sphinx-external-toc expands it: the
+    documents under ``root`` (files with a source suffix, named without it) whose name matches
+    ``pattern`` by Sphinx's rule (``*`` and ``?`` stop at ``/``, ``**`` does not), sorted by name.
+    (The build's ``exclude_patterns`` are not applied.)"""
+    from sphinx.util.matching import patfilter
+
+    root = Path(root)
+    parts = pattern.split("/")
+    fixed = 0  # the leading folders without a wildcard: only what is below them can match
+    while fixed < len(parts) - 1 and not any(c in parts[fixed] for c in "*?["):
+        fixed += 1
+    base, rest = root.joinpath(*parts[:fixed]), parts[fixed:]
+    found = base.rglob("*") if any("**" in part for part in rest) else base.glob("/".join(["*"] * len(rest)))
+    docs = {p.relative_to(root).as_posix().removesuffix(p.suffix) for p in found
+            if p.suffix in SOURCE_SUFFIXES and p.is_file()}
+    return sorted(patfilter(docs, pattern))
+
+
+def entry_pages(entry: dict, root: str | Path, globbed: set[str]) -> list[str]:
+    """The pages of one ``file:`` or ``glob:`` entry of ``_toc.yml`` (without suffix). As in
+    sphinx-external-toc, a glob leaves out the pages in ``globbed``: the document whose toctree holds
+    the entry and what earlier globs of that document's toctrees matched; its matches are added to it."""
+    if "file" in entry:
+        return [str(entry["file"]).removesuffix(".md").removesuffix(".ipynb")]
+    if "glob" in entry:
+        found = [p for p in glob_pages(str(entry["glob"]), root) if p not in globbed]
+        globbed.update(found)
+        return found
+    return []
+
+
 def toc_pages(toc: str | Path = TOC_FILE) -> list[str]:
-    """Every page of a jupyter-book ``_toc.yml`` (root first, then chapters and sections in order),
-    as paths without suffix, e.g. ``["book/intro", "book/methods", ...]``."""
+    """Every page of a jupyter-book ``_toc.yml`` (root first, then chapters and sections in order,
+    each ``glob:`` entry expanded by `glob_pages` in the toc's folder), as paths without suffix, e.g.
+    ``["book/intro", "book/methods", ...]``."""
     toc = Path(toc)
     if not toc.is_file():
         raise FileNotFoundError(f"table of contents {toc} not found")
     spec = yaml.safe_load(toc.read_text(encoding="utf-8"))
     if not isinstance(spec, dict) or "root" not in spec:
         raise ValueError(f"{toc} has no 'root' entry; is it a jupyter-book 1.x _toc.yml?")
-    pages = [str(spec["root"])]
+    pages = [str(spec["root"]).removesuffix(".md").removesuffix(".ipynb")]
 
-    def walk(entries: list) -> None:
+    def walk(entries: list, globbed: set[str]) -> None:
         for entry in entries or []:
-            if "file" in entry:
-                pages.append(str(entry["file"]))
-            for key in ("chapters", "sections", "parts"):
-                walk(entry.get(key, []))
+            found = entry_pages(entry, toc.parent, globbed)
+            pages.extend(found)
+            children = [e for key in ("chapters", "sections", "parts") for e in entry.get(key) or []]
+            # a file's children are its own toctrees; a part's belong to the document holding it
+            walk(children, {found[0]} if "file" in entry else globbed)
 
-    walk(spec.get("parts", []) + spec.get("chapters", []))
-    return [p.removesuffix(".md").removesuffix(".ipynb") for p in pages]
+    walk(spec.get("parts", []) + spec.get("chapters", []) + spec.get("sections", []), {pages[0]})
+    return pages
 
 
 FULL_HEIGHT = 20000

@@ -35,10 +35,16 @@ ERROR_NAME = re.compile(r"\b[A-Z]\w*(Error|Exception)\b")
 
 
 def _toc_parts(toc: Path = REPO_ROOT / "_toc.yml") -> dict[str, list[str]]:
-    """Pages of each captioned part of `_toc.yml` (files without suffix)."""
+    """Pages of each captioned part of `_toc.yml` (its chapters, files without suffix; a ``glob:`` entry
+    expanded as `screenshots.toc_pages` expands it)."""
     spec = yaml.safe_load(toc.read_text(encoding="utf-8"))
-    return {part.get("caption", ""): [c["file"] for c in part.get("chapters", []) if "file" in c]
-            for part in spec.get("parts", [])}
+    parts: dict[str, list[str]] = {}
+    globbed = {str(spec["root"]).removesuffix(".md")}  # the parts are toctrees of the root page
+    for part in spec.get("parts", []):
+        pages = parts.setdefault(part.get("caption", ""), [])
+        for chapter in part.get("chapters", []):
+            pages.extend(screenshots.entry_pages(chapter, toc.parent, globbed))
+    return parts
 
 
 class _Outputs(HTMLParser):
@@ -144,6 +150,39 @@ def test_toc_pages_lists_root_then_chapters_in_order(tmp_path):
     toc.write_text("chapters: []\n")
     with pytest.raises(ValueError, match="root"):
         screenshots.toc_pages(toc)
+
+
+def test_toc_pages_expand_a_glob_as_sphinx_external_toc_does(tmp_path):
+    for name in ("nb-b.ipynb", "nb-a.md", "nb-c.rst", "nb-d.txt", "other.md", "sub/nb-e.md", "failed-nb-f.md"):
+        (tmp_path / "r" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "r" / name).write_text("# x\n")
+    (tmp_path / "r" / "nb-dir.md").mkdir()  # a folder is no page
+    toc = tmp_path / "_toc.yml"
+    toc.write_text(yaml.safe_dump({
+        "format": "jb-book", "root": "r/other",
+        "parts": [{"caption": "A", "chapters": [{"file": "r/nb-b"}]},
+                  {"caption": "B", "chapters": [{"glob": "r/nb-*"}, {"glob": "r/**"}]}],
+    }))
+    # sorted by name, one suffix-less page a source file (.md/.ipynb/.rst), '*' not across '/', '**'
+    # across; a later glob of the same page's toctrees skips what an earlier one matched, and the page
+    # holding them (the root), but not a page listed by 'file:' (sphinx-external-toc lists it again)
+    assert screenshots.toc_pages(toc) == ["r/other", "r/nb-b", "r/nb-a", "r/nb-b", "r/nb-c",
+                                          "r/failed-nb-f", "r/sub/nb-e"]
+    assert _toc_parts(toc) == {"A": ["r/nb-b"],
+                               "B": ["r/nb-a", "r/nb-b", "r/nb-c", "r/failed-nb-f", "r/sub/nb-e"]}
+    assert screenshots.glob_pages("r/nb-*", tmp_path) == ["r/nb-a", "r/nb-b", "r/nb-c"]
+    assert screenshots.glob_pages("r/none-*", tmp_path) == []
+
+
+def test_the_executed_notebooks_part_lists_every_localization_notebook_titled_by_its_model():
+    from detox_utils import packaged
+
+    pages = _toc_parts()["Executed notebooks"]
+    assert pages == [f"results/localization/localize-{m}" for m in packaged.available()]
+    for page, model in zip(pages, packaged.available()):
+        nb = json.loads((REPO_ROOT / f"{page}.ipynb").read_text(encoding="utf-8"))
+        first = next(c for c in nb["cells"] if c["cell_type"] == "markdown")
+        assert "".join(first["source"]).startswith(f"# Localization notebook: {model}\n")
 
 
 def test_every_page_of_the_real_toc_has_a_source():
