@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="folder of the results and executed notebooks (default: the repository's "
                          "results/localization, which the book reads)")
     args = parser.parse_args(argv)
+    if args.command not in ("cache", "run"):  # those two print what they have to say
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "localize":
         return _localize(args)
     if args.command == "explore":
@@ -131,7 +133,6 @@ def main(argv: list[str] | None = None) -> int:
         return _cache(args.clear)
     if args.command == "run":
         return _run(args)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "verify":
         return _verify(args)
 
@@ -164,7 +165,6 @@ def _export(args: argparse.Namespace) -> int:
 
     from . import export
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = {}
     for item in args.param:
         name, sep, value = item.partition("=")
@@ -186,7 +186,6 @@ def _export(args: argparse.Namespace) -> int:
 def _explore(args: argparse.Namespace) -> int:
     from . import explorer
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         out = explorer.main(args.model, args.out, n_contrast=args.n_contrast, seed=args.seed,
                             device=args.device)
@@ -201,7 +200,6 @@ def _localize(args: argparse.Namespace) -> int:
 
     from . import localize_runs
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         for model, status in localize_runs.run_localizations(args.models, args.out or localize_runs.OUT):
             print(f"{status:8s} {model}")

@@ -526,7 +526,8 @@ def plot_effects(eff: pd.DataFrame, evaluator: str = "max", clip: float = 20.0):
     its random controls' mean factor (open), one panel per model stacked at the book's page width
     (6.3 in at 110 dpi, so 7-pt type renders at ~11 px); factors above ``clip`` drawn at it."""
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FixedLocator, NullLocator
+
+    from .report.common import plain_log_ticks
 
     if not len(eff) or not (sub := eff[(eff.evaluator == evaluator) & eff.factor.notna()].copy()).shape[0]:
         fig, ax = plt.subplots(figsize=(6.3, 1.2), dpi=110)
@@ -562,9 +563,7 @@ def plot_effects(eff: pd.DataFrame, evaluator: str = "max", clip: float = 20.0):
     ticks = [t for t in (0.25, 0.33, 0.5, 0.67, 0.8, 1, 1.25, 1.5, 2, 3, 5, 10, 20)
              if lo_all / 1.2 <= t <= hi_all * 1.2]
     ax = axes[-1, 0]
-    ax.xaxis.set_major_locator(FixedLocator(ticks))
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xticklabels([f"{t:g}" for t in ticks])
+    plain_log_ticks(ax, ticks)
     ax.set_xlabel("toxicity-probability factor, plain / intervened (log scale; > 1 is less toxic)", fontsize=7.5)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     order = sorted(range(len(labels)), key=lambda i: not labels[i].startswith("localized"))

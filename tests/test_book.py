@@ -185,6 +185,20 @@ def test_the_executed_notebooks_part_lists_every_localization_notebook_titled_by
         assert "".join(first["source"]).startswith(f"# Localization notebook: {model}\n")
 
 
+def test_notebook_links_name_each_executed_notebook_by_its_absolute_document_name(tmp_path):
+    folder = tmp_path / "results" / "localization"
+    folder.mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="python -m detox_utils localize"):
+        report.notebook_links(folder, tmp_path)
+    for name in ("localize-b.ipynb", "localize-a.ipynb", "failed-localize-c.ipynb", "a__auroc-max.json"):
+        (folder / name).write_text("{}")
+    assert report.notebook_links(folder, tmp_path) == (
+        "{doc}`/results/localization/localize-a` and {doc}`/results/localization/localize-b`")
+    assert report.notebook_links() == " and ".join([", ".join(
+        f"{{doc}}`/{p}`" for p in _toc_parts()["Executed notebooks"][:-1]),
+        f"{{doc}}`/{_toc_parts()['Executed notebooks'][-1]}`"])  # the pages the toc's glob lists
+
+
 def test_every_page_of_the_real_toc_has_a_source():
     missing = [page for page in screenshots.toc_pages() if not _has_source(page)]
     assert not missing, f"pages listed in _toc.yml with no .md/.ipynb source: {missing}"

@@ -31,8 +31,8 @@ from .common import (DEFAULT_GRID, METHOD_ORDER, METRIC_LABELS, RESULTS, RESULTS
                      fmt_ci, grid_folder, html_table, method_label, reductions, runs, samples)
 from .cross_evaluator import disagreements, pooled_agreement, underestimation_by_run, union_validation
 from .interventions import before_after, pareto_front, plot_per_evaluator, plot_tradeoff
-from .localization import (SITE_LABELS, early_test_table, load_localization, plot_layer_heatmap, plot_layer_heatmaps,
-                           plot_layer_scores, plot_unit_distribution, read_localization)
+from .localization import (SITE_LABELS, early_test_table, load_localization, notebook_links, plot_layer_heatmap,
+                           plot_layer_heatmaps, plot_layer_scores, plot_unit_distribution, read_localization)
 
 __all__ = [
     "DEFAULT_GRID", "METHOD_ORDER", "METRIC_LABELS", "RESULTS", "RESULTS_ENV", "SITE_LABELS",
@@ -40,7 +40,7 @@ __all__ = [
     "dataset_summary", "disagreements", "early_test_table", "evaluator_cards", "evaluator_columns",
     "evaluator_validation_table", "fmt_ci", "gguf_header", "grid_folder", "html_table",
     "inputs_fingerprint", "load_localization", "main", "method_label", "model_cards", "model_scale",
-    "packaged_gguf", "pareto_front", "plot_evaluator_validation", "plot_layer_heatmap", "plot_layer_heatmaps", "plot_layer_scores", "plot_per_evaluator",
+    "notebook_links", "packaged_gguf", "pareto_front", "plot_evaluator_validation", "plot_layer_heatmap", "plot_layer_heatmaps", "plot_layer_scores", "plot_per_evaluator",
     "plot_reduction_forest", "plot_tradeoff", "plot_unit_distribution", "pooled_agreement",
     "read_localization", "read_validation", "reductions", "retitle_notebook", "role_overlap", "runs",
     "samples", "underestimation_by_run", "union_validation",

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .common import METHOD_ORDER, grid_folder, reductions, runs
+from .common import METHOD_ORDER, grid_folder, plain_log_ticks, reductions, runs
 from .cross_evaluator import underestimation_by_run
 from .localization import load_localization
 
@@ -160,7 +160,6 @@ def plot_reduction_forest(red: pd.DataFrame, max_ppl_increase: float = 0.25):
     every setting, one panel per model; hollow markers where perplexity rose by more than
     ``max_ppl_increase``. Drawn at the book's page width (6.3 in at 110 dpi; no type under 7 pt)."""
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FixedLocator, NullLocator
 
     sub = red[(red.evaluator == "max") & (~red.preprompt)].copy()
     sub["rel_ppl"] = sub.dppl / (sub.ppl - sub.dppl)
@@ -191,10 +190,7 @@ def plot_reduction_forest(red: pd.DataFrame, max_ppl_increase: float = 0.25):
         ax.tick_params(labelsize=7)
         ax.set_xlabel("toxicity-probability factor\n(log; > 1 is less toxic)", fontsize=7.5)
         ax.set_title(model, fontsize=8)
-    ticks = [0.25, 0.5, 1, 2, 4, 8, 20]
-    axes[0][0].xaxis.set_major_locator(FixedLocator(ticks))
-    axes[0][0].xaxis.set_minor_locator(NullLocator())
-    axes[0][0].set_xticklabels([f"{t:g}" for t in ticks])
+    plain_log_ticks(axes[0][0], [0.25, 0.5, 1, 2, 4, 8, 20])
     axes[0][0].invert_yaxis()  # the y axis is shared: invert it once, first method on top
     handles, names = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, names, fontsize=7, loc="lower center", ncol=len(benches) + 1, frameon=False,

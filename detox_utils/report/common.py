@@ -156,3 +156,14 @@ def html_table(frame: pd.DataFrame, index: bool = False) -> str:
     if index and not pd.api.types.is_numeric_dtype(shown.index):
         shown.index = shown.index.map(lambda v: html.escape(v) if isinstance(v, str) else v)
     return shown.to_html(index=index, classes="table", border=0, escape=False, justify="left")
+
+
+def plain_log_ticks(ax, ticks) -> None:
+    """Label a log-scaled x axis at exactly ``ticks``, written plainly (``0.5``, ``2``, not ``10^0``),
+    with no minor ticks."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    ticks = list(ticks)
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{t:g}" for t in ticks])

@@ -27,6 +27,20 @@ def load_localization(folder: str | Path = RESULTS / "localization") -> list[dic
     return [read_localization(p) for p in paths]
 
 
+def notebook_links(folder: str | Path = RESULTS / "localization", root: str | Path = RESULTS.parent) -> str:
+    """MyST links to the executed localization notebooks in ``folder`` (``localize-<model>.ipynb``, in
+    the order of their names: that of ``_toc.yml``'s glob), e.g. ``{doc}`/results/localization/localize-a`
+    and {doc}`/results/localization/localize-b```; document names are absolute from the book's source
+    folder ``root``. For a ``{glue:md}`key:myst``` on the Localization page."""
+    folder, root = Path(folder), Path(root)
+    links = [f"{{doc}}`/{p.relative_to(root).with_suffix('').as_posix()}`"
+             for p in sorted(folder.glob("localize-*.ipynb"))]
+    if not links:
+        raise FileNotFoundError(f"no executed localization notebook in {folder}; run python -m detox_utils "
+                                "localize")
+    return links[0] if len(links) == 1 else ", ".join(links[:-1]) + " and " + links[-1]
+
+
 def _score_label(record: dict) -> str:
     cfg = record["config"]
     if cfg["reduce"] == "frac_above":
