@@ -175,7 +175,6 @@ def notebook_path(result_path: Path) -> Path:
 def incomplete_reason(result_path: str | Path) -> str | None:
     """None when the run of ``result_path`` is complete (`results.incomplete_reason`: an ``ok`` result and
     its samples, checked against the recorded sha256; plus a readable executed notebook), else why not."""
-
     result_path = Path(result_path)
     reason = results.incomplete_reason(result_path)
     if reason is not None:
@@ -451,5 +450,5 @@ def _map(fn, arg_tuples: list[tuple], jobs: int, scheduler: str | None) -> Itera
             yield fut.result()
 
 
-__all__ = ["ConfigError", "PlannedRun", "default_threads", "expand", "get_profile", "incomplete_reason", "load_profiles",
-           "notebook_path", "plan", "run_batch", "run_label", "run_one"]
+__all__ = ["ConfigError", "PlannedRun", "default_threads", "expand", "get_profile", "incomplete_reason",
+           "load_profiles", "notebook_path", "plan", "run_batch", "run_label", "run_one"]
