@@ -17,8 +17,10 @@ saying what is wrong and what is allowed, never a traceback."""
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
+from typing import Callable
 
 from . import batch
 
@@ -48,6 +50,17 @@ def _user_error(exc: BaseException) -> int:
     message = " ".join(str(exc).split()) or type(exc).__name__
     print(f"error: {message}", file=sys.stderr)
     return 2
+
+
+def _user_errors_exit_2(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A subcommand's handler whose `USER_ERRORS` end as one stderr line and exit status 2."""
+    @functools.wraps(handler)
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except USER_ERRORS as exc:
+            return _user_error(exc)
+    return wrapped
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,14 +148,14 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     if args.command == "verify":
         return _verify(args)
+    return _batch(args)
 
-    try:
-        summaries = batch.run_batch(args.profile, args.out, jobs=args.jobs,
-                                    scheduler=args.scheduler, dry_run=args.dry_run,
-                                    profiles_path=args.profiles, timeout=args.timeout,
-                                    device=args.device, threads=args.threads)
-    except USER_ERRORS as exc:
-        return _user_error(exc)
+
+@_user_errors_exit_2
+def _batch(args: argparse.Namespace) -> int:
+    summaries = batch.run_batch(args.profile, args.out, jobs=args.jobs, scheduler=args.scheduler,
+                                dry_run=args.dry_run, profiles_path=args.profiles, timeout=args.timeout,
+                                device=args.device, threads=args.threads)
     for s in summaries:
         took = "?" if s["seconds"] != s["seconds"] else f"{s['seconds']:.1f}s"  # NaN: no estimate
         print(f"{s['status']:8s} {s['config_hash']}  {s.get('label', '')}  {took}")
@@ -160,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
+@_user_errors_exit_2
 def _export(args: argparse.Namespace) -> int:
     import yaml
 
@@ -174,27 +188,23 @@ def _export(args: argparse.Namespace) -> int:
     if args.method == "none":
         return _user_error(ValueError("--method none has nothing to fold; allowed: aura, det0, damp, "
                                       "meow2x, trne"))
-    try:
-        out = export.main(args.model, args.method, args.out, params, n_contrast=args.n_contrast,
-                          seed=args.seed, results_dir=args.results, device=args.device)
-    except USER_ERRORS as exc:
-        return _user_error(exc)
+    out = export.main(args.model, args.method, args.out, params, n_contrast=args.n_contrast,
+                      seed=args.seed, results_dir=args.results, device=args.device)
     print(f"wrote {out}")
     return 0
 
 
+@_user_errors_exit_2
 def _explore(args: argparse.Namespace) -> int:
     from . import explorer
 
-    try:
-        out = explorer.main(args.model, args.out, n_contrast=args.n_contrast, seed=args.seed,
-                            device=args.device)
-    except USER_ERRORS as exc:
-        return _user_error(exc)
+    out = explorer.main(args.model, args.out, n_contrast=args.n_contrast, seed=args.seed,
+                        device=args.device)
     print(f"wrote {out}")
     return 0
 
 
+@_user_errors_exit_2
 def _localize(args: argparse.Namespace) -> int:
     import papermill as pm
 
@@ -203,8 +213,6 @@ def _localize(args: argparse.Namespace) -> int:
     try:
         for model, status in localize_runs.run_localizations(args.models, args.out or localize_runs.OUT):
             print(f"{status:8s} {model}")
-    except USER_ERRORS as exc:
-        return _user_error(exc)
     except pm.PapermillExecutionError as err:
         print(f"error: the localization notebook failed in cell {err.exec_count}: {err.ename}: "
               f"{err.evalue} (its partly executed copy is failed-localize-<model>.ipynb)", file=sys.stderr)
@@ -215,14 +223,12 @@ def _localize(args: argparse.Namespace) -> int:
     return 0
 
 
+@_user_errors_exit_2
 def _verify(args: argparse.Namespace) -> int:
     from . import verify
 
-    try:
-        checks = verify.verify(args.out, args.runs, args.n, atol=args.atol, workdir=args.workdir,
-                               device=args.device)
-    except USER_ERRORS as exc:
-        return _user_error(exc)
+    checks = verify.verify(args.out, args.runs, args.n, atol=args.atol, workdir=args.workdir,
+                           device=args.device)
     for c in checks:
         print(f"{c.status:10s} {c.config_hash}  {c.label}  {c.n_metrics} metrics, {c.n_samples} samples, "
               f"max |diff| {c.max_abs_diff:.3g}, {c.seconds:.0f}s")

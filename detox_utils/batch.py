@@ -36,7 +36,7 @@ import yaml
 from . import results
 from ._io import REPO_ROOT, atomic_path, file_lock, stable_hash, try_lock
 from ._progress import tqdm
-from .config import ConfigError, EvalConfig, check_result_dir, resolve_device
+from .config import ConfigError, EvalConfig, check_result_dir, check_threads, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -297,10 +297,7 @@ def run_batch(profile_name: str, out: str | Path, *, jobs: int = 1, scheduler: s
     """
     if jobs < 1:
         raise ValueError(f"jobs = {jobs} is not allowed; allowed: an integer >= 1")
-    threads = default_threads(jobs, scheduler) if threads is None else threads
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-        raise ValueError(f"threads = {threads!r} is not allowed; allowed: an integer >= 0 "
-                         "(0: torch's default, one per core)")
+    threads = default_threads(jobs, scheduler) if threads is None else check_threads(threads)
     if scheduler is None:
         resolve_device(device)
     profile = get_profile(profile_name, profiles_path)

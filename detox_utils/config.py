@@ -70,6 +70,13 @@ def resolve_device(device: Any) -> str:
     return str(parsed)
 
 
+def check_threads(threads: Any) -> int:
+    """``threads`` if it is an integer >= 0 (0: torch's default), else a `ConfigError` naming it."""
+    _check(isinstance(threads, int) and not isinstance(threads, bool) and threads >= 0, "threads", threads,
+           "an integer >= 0 (0: torch's default, one thread per core)")
+    return threads
+
+
 def set_threads(threads: Any) -> int:
     """Set torch's intra-op CPU threads for this process: ``0`` keeps torch's default (one per core),
     ``n >= 1`` uses ``n`` (e.g. one each for ``batch --jobs 2`` on 2 cores, so two kernels do not
@@ -77,9 +84,7 @@ def set_threads(threads: Any) -> int:
     run computes do not depend on it beyond float reduction order. Returns the threads now in use."""
     import torch
 
-    _check(isinstance(threads, int) and not isinstance(threads, bool) and threads >= 0, "threads", threads,
-           "an integer >= 0 (0: torch's default, one thread per core)")
-    if threads:
+    if check_threads(threads):
         torch.set_num_threads(threads)
     return torch.get_num_threads()
 

@@ -229,7 +229,7 @@ def test_threads_shared_between_local_jobs(profiles, tmp_path, monkeypatch):
     params = [json.loads(p.read_text())["metadata"]["papermill"]["parameters"]
               for p in (out / "notebooks").glob("*.ipynb")]
     assert params and all(p.get("threads") == 1 for p in params)
-    with pytest.raises(ValueError, match="threads = -1 is not allowed; allowed: an integer >= 0"):
+    with pytest.raises(ConfigError, match="'threads' = -1 is not allowed; allowed: an integer >= 0"):
         batch.run_batch("tiny", out, profiles_path=profiles, notebook=FAKE_NB, threads=-1)
 
 
