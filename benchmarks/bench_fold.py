@@ -10,7 +10,7 @@ Times greedy generation of exactly ``--tokens`` new tokens for a batch of prompt
 The conditions alternate within each repeat (in a rotating order, so drift and warm-up hit all three
 alike), and the medians are compared. Run::
 
-    .venv/bin/python benchmarks/bench_fold.py --model smollm2-135m --repeats 7
+    .venv/bin/python benchmarks/bench_fold.py --model smollm2-135m --repeats 15
 """
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m",
                         help="a packaged model name, or tiny-<family> (e.g. tiny-llama)")
-    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (1 gives steadier timings on a shared machine)")

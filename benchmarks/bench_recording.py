@@ -4,7 +4,7 @@ Overhead: for each batch that ``record`` would form (texts sorted by length), th
 pass of the transformer body (``lm.model.base_model``: no hooks, no pooling, input pre-tokenized) and the
 time of ``record`` called on that batch's texts (end to end: tokenization, batching, hook set-up, pooling,
 copies to CPU), alternating which goes first so that the machine's load drift hits both alike. Their
-summed ratio is the overhead (goal <= 1.05); calling ``record`` once per batch pays its per-call set-up
+summed ratio is the overhead (goal <= 1.03); calling ``record`` once per batch pays its per-call set-up
 once per batch, so the ratio is conservative. ``record`` stops after the last MLP it needs and never runs
 the final norm or the unembedding; the bare pass skips the unembedding too (a full ``*ForCausalLM``
 forward would add it, which would flatter the ratio).
@@ -114,7 +114,7 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
     print(f"result {tuple(result.shape)} {result.dtype}, {result.numel() * 4 / GIB:.2f} GiB")
     print(f"bare forward (base model): {t_bare:.1f} s; record: {t_record:.1f} s; "
-          f"ratio {t_record / t_bare:.3f} (goal <= 1.05)")
+          f"ratio {t_record / t_bare:.3f} (goal <= 1.03)")
     print(f"RSS after loading {rss_loaded / GIB:.2f} GiB; peak RSS during the timed runs {peak.peak / GIB:.2f} GiB "
           f"(goal <= 4 GiB); ru_maxrss of the whole run {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2:.2f} GiB")
 

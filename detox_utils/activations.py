@@ -299,6 +299,9 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: Pooling) -> torch.Tensor
     count = mask.sum(dim=1)
     first = last + 1 - count
     if torch.equal(mask, (positions >= first[:, None]) & (positions <= last[:, None])):
+        a, b = int(first.min()), int(last.max())
+        if how == "max" and a == int(first.max()) and b == int(last.min()):  # one run for all rows
+            return hidden[:, a : b + 1].amax(dim=1).float()  # (a max is exact in any order)
         runs = [hidden[i, a : b + 1] for i, (a, b) in enumerate(zip(first.tolist(), last.tolist()))]
         if how == "max":
             return torch.stack([run.amax(dim=0) for run in runs]).float()

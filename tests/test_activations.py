@@ -56,13 +56,14 @@ def _reference(raw: list[dict], site: str, pooling: str, skip_first: int = 0) ->
 # pool
 
 
-@pytest.mark.parametrize("layout", ["left", "right", "gaps"])
+@pytest.mark.parametrize("layout", ["left", "right", "gaps", "same"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_pool_reads_only_masked_tokens(layout, dtype):
     h = torch.randn(3, 5, 4).to(dtype)
     rows = {"left": [[1, 1, 1, 1, 1], [0, 0, 0, 1, 1], [0, 0, 1, 1, 1]],
             "right": [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0]],
-            "gaps": [[1, 0, 1, 1, 1], [0, 1, 0, 1, 0], [0, 1, 1, 1, 1]]}  # not one run: the masked path
+            "gaps": [[1, 0, 1, 1, 1], [0, 1, 0, 1, 0], [0, 1, 1, 1, 1]],  # not one run: the masked path
+            "same": [[0, 1, 1, 1, 0]] * 3}  # the same run in every row: one view of the batch
     mask = torch.tensor(rows[layout], dtype=torch.bool)
     h[~mask] = float("nan")  # padding garbage must never leak
     kept = [h[i][mask[i]].float() for i in range(3)]

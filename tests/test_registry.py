@@ -16,6 +16,32 @@ def test_every_method_is_declared_once_and_implemented():
             assert param.ok(param.default), (name, key)  # every default passes its own check
 
 
+def test_every_evaluator_is_declared_once_and_buildable():
+    from detox_utils import evaluators, results
+
+    assert config.EVALUATORS == tuple(registry.EVALUATORS) == tuple(evaluators.available())
+    assert config.OFFLINE_EVALUATORS == evaluators.OFFLINE == ("tox-block", "toxic-comment-classifier",
+                                                              "alt-profanity-check", "hatesonar")
+    for name, spec in registry.EVALUATORS.items():
+        factory = evaluators
+        for attr in spec.factory.split("."):
+            factory = getattr(factory, attr)
+        assert callable(factory), name
+        assert spec.package in results.TRACKED_PACKAGES
+        assert (evaluators.requirements()[name] == "nothing: packaged, works offline") == spec.offline
+    with pytest.raises(ValueError, match="unknown evaluator 'perspective'; available: tox-block, "):
+        evaluators.load("perspective")
+
+
+def test_method_classes_come_from_the_registry():
+    for name, spec in registry.METHODS.items():
+        cls = interventions.METHODS[name]
+        assert spec.impl.endswith(":" + cls.__name__) and cls.name == name
+    bad = registry.MethodSpec("aura2", "AURA 2", "aura:Aura")
+    with pytest.raises(TypeError, match="registry method 'aura2' names aura:Aura, whose name is 'aura'"):
+        interventions.methods._implementation(bad)
+
+
 def test_config_uses_the_data_table():
     assert config.BENCHMARKS == data.BENCHMARKS and config.PPL_CORPORA == data.PERPLEXITY_CORPORA
 

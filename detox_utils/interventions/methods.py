@@ -2,21 +2,29 @@
 `load` (a method written by ``Method.save``)."""
 from __future__ import annotations
 
+import importlib
 import pickle
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from .. import __version__
+from .. import __version__, registry
 from .._io import check_texts, stable_hash
 from ..config import METHOD_PARAMS
-from .aura import Aura, Damp, Det0
-from .base import FORMAT, FORMAT_VERSION, Method, NoIntervention
-from .meow2x import Meow2X
-from .trne import Trne
+from .base import FORMAT, FORMAT_VERSION, Method
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (NoIntervention, Aura, Det0, Damp, Meow2X, Trne)}
+
+def _implementation(spec: registry.MethodSpec) -> type[Method]:
+    module, _, cls = spec.impl.partition(":")
+    impl = getattr(importlib.import_module(f"{__package__}.{module}"), cls)
+    if impl.name != spec.name:
+        raise TypeError(f"registry method {spec.name!r} names {spec.impl}, whose name is {impl.name!r}")
+    return impl
+
+
+# name -> class, in the registry's order (`detox_utils.registry.METHODS` declares each method once)
+METHODS: dict[str, type[Method]] = {name: _implementation(spec) for name, spec in registry.METHODS.items()}
 
 
 def fit(method: str, lm: Any, toxic_texts: Sequence[str], neutral_texts: Sequence[str], *,
