@@ -70,7 +70,9 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
                shown=("rho",)),
 )}
 
-ZEROSHOT_TASKS = ("piqa", "arc_easy", "hellaswag")
+# zero-shot task -> its curated data set (a `capability` entry of `detox_utils.data.DATASETS`)
+ZEROSHOT: dict[str, str] = {"piqa": "piqa", "arc_easy": "arc-easy", "hellaswag": "hellaswag"}
+ZEROSHOT_TASKS: tuple[str, ...] = tuple(ZEROSHOT)
 
 
 @dataclass(frozen=True)

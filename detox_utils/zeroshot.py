@@ -47,7 +47,7 @@ from ._progress import tqdm
 log = logging.getLogger(__name__)
 
 TASKS: tuple[str, ...] = registry.ZEROSHOT_TASKS  # declared once, beside the methods
-DATASETS: dict[str, str] = {"piqa": "piqa", "arc_easy": "arc-easy", "hellaswag": "hellaswag"}  # task -> data set
+DATASETS: dict[str, str] = registry.ZEROSHOT  # task -> its data set
 HEADS: tuple[str, ...] = ("selected", "full")
 CI = 0.95
 # Logits held at once by the selected-positions head: positions per chunk = this // vocabulary size.

@@ -44,6 +44,9 @@ def test_method_classes_come_from_the_registry():
 
 def test_config_uses_the_data_table():
     assert config.BENCHMARKS == data.BENCHMARKS and config.PPL_CORPORA == data.PERPLEXITY_CORPORA
+    assert config.ZEROSHOT_TASKS == tuple(registry.ZEROSHOT)
+    for task, dataset in registry.ZEROSHOT.items():
+        assert data.DATASETS[dataset].role == "capability", task
 
 
 @pytest.mark.parametrize("method,params,pre,seed,label", [
