@@ -242,6 +242,10 @@ def _fmt(x: float, digits: int = 2) -> str:
     return f"{x:.{digits}f}"
 
 
+def _pct(x: float) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x:+.0%}"
+
+
 # between the cells (or models) of one claim in the claims table: one line each when rendered
 CELL_SEP = "\n"
 
@@ -250,8 +254,8 @@ def _cells_text(sub: pd.DataFrame, mde: pd.Series) -> str:
     parts = []
     for r in sub.itertuples():
         m = mde.get((r.model, r.benchmark), math.nan)
-        ctl = (f"; control {_fmt(r.control_factor)}x, method vs control p = {_fmt(r.p_vs_control, 3)}"
-               if r.n_controls else "; no control run yet")
+        ctl = (f"; random control {_fmt(r.control_factor)}x at Δppl {_pct(r.control_rel_ppl)}, method vs "
+               f"control p = {_fmt(r.p_vs_control, 3)}" if r.n_controls else "; no control run yet")
         parts.append(f"{r.model}/{r.benchmark}: {_fmt(r.factor)}x [{_fmt(r.lo)}, {_fmt(r.hi)}], "
                      f"Holm p = {_fmt(r.p_holm, 3)}, MDE {_fmt(m)}x{ctl}; "
                      f"Δppl {r.rel_ppl:+.0%} (per-sentence {r.rel_ppl_sentence:+.0%}), "
