@@ -5,6 +5,8 @@ the book's numbers?
 runs of a result folder (by default the ``N`` cheapest by their recorded timings) through the same
 papermill notebook into a scratch folder, then compares, for each run,
 
+- the fitted intervention as each result describes it (units per layer and site, factors), first,
+  since a different fit explains every difference after it;
 - every metric leaf (numbers within ``atol + rtol * |stored|``, everything else exactly), and
 - the generated continuations, token for token (the samples file), and their scores.
 
@@ -114,6 +116,19 @@ def compare_samples(stored, rerun, *, atol: float = 1e-6) -> list[str]:
     return diffs
 
 
+def compare_fits(stored: dict[str, Any], rerun: dict[str, Any], *, atol: float = 1e-9,
+                 rtol: float = 1e-7) -> list[str]:
+    """Differences between the fitted interventions two results describe (``provenance.method``: units
+    per layer and site, factors, TRNE's layer scores), each line prefixed ``fit:``. When the fit
+    differs, every metric downstream of it may too: a unit at the top-k boundary whose AUROC moved by
+    one toxic/neutral pair is enough to change sampled tokens."""
+    a = (stored.get("provenance") or {}).get("method")
+    b = (rerun.get("provenance") or {}).get("method")
+    if a is None or b is None:
+        return [] if a is b else ["fit: described in only one of the two results"]
+    return [f"fit: {line}" for line in compare_metrics(a, b, atol=atol, rtol=rtol)[2]]
+
+
 def _plain(x: Any) -> Any:
     """A numpy scalar as the Python value it holds (so messages read 0.31, not np.float64(0.31))."""
     return x.item() if hasattr(x, "item") else x
@@ -177,8 +192,10 @@ def verify(folder: str | Path, runs: list[str] | None = None, n: int = 1, *, ato
                 out.append(Verification(h, label, "failed", seconds=summary["seconds"],
                                         differences=tail))
                 continue
-            n_leaves, worst, diffs = compare_metrics(record["metrics"], new["metrics"],
-                                                     atol=atol, rtol=rtol)
+            diffs = compare_fits(record, new, atol=atol, rtol=rtol)  # the cause first, if it is the fit
+            n_leaves, worst, metric_diffs = compare_metrics(record["metrics"], new["metrics"],
+                                                            atol=atol, rtol=rtol)
+            diffs += metric_diffs
             stored_s = results.load_samples(folder, h)
             diffs += compare_samples(stored_s, results.load_samples(scratch, h))
             out.append(Verification(h, label, "differs" if diffs else "reproduced",
@@ -188,4 +205,4 @@ def verify(folder: str | Path, runs: list[str] | None = None, n: int = 1, *, ato
         return out
 
 
-__all__ = ["Verification", "compare_metrics", "compare_samples", "select_runs", "verify"]
+__all__ = ["Verification", "compare_fits", "compare_metrics", "compare_samples", "select_runs", "verify"]

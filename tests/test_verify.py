@@ -41,6 +41,18 @@ def test_compare_metrics_leaf_by_leaf():
                      "toxicity.name: stored 'x', rerun 'y'"]
 
 
+def test_compare_fits_names_the_units_that_moved():
+    # the first grid's Damp k=3000 run against its rerun here: one unit at the top-k boundary moved
+    fit = {"method": "damp", "n_units_touched": 3000, "units_by_layer": {"11": 73, "17": 72}}
+    moved = {"method": "damp", "n_units_touched": 3000, "units_by_layer": {"11": 72, "17": 73}}
+    assert verify.compare_fits({"provenance": {"method": fit}}, {"provenance": {"method": fit}}) == []
+    assert verify.compare_fits({"provenance": {"method": fit}}, {"provenance": {"method": moved}}) == [
+        "fit: units_by_layer.11: stored 73, rerun 72 (|diff| 1)",
+        "fit: units_by_layer.17: stored 72, rerun 73 (|diff| 1)"]
+    assert verify.compare_fits({"provenance": {}}, {"provenance": {"method": fit}}) == [
+        "fit: described in only one of the two results"]
+
+
 def test_verify_reproduces_then_reports_tampering(published, tmp_path, capsys):
     checks = verify.verify(published, n=2, notebook=FAKE_NB, progress=False)
     assert [c.status for c in checks] == ["reproduced", "reproduced"]
