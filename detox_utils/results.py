@@ -27,6 +27,7 @@ import json
 import platform
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -68,13 +69,33 @@ def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str
     return out
 
 
+def cpu_info() -> dict[str, Any]:
+    """The CPU a result was computed on: its model name, and (when torch is loaded) the instruction set
+    torch's kernels use and its intra-op threads. Another CPU or thread count can change float
+    reduction order, hence activations in their last bits, hence a fit's boundary unit (see
+    `detox_utils.verify.compare_fits`)."""
+    name = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    info: dict[str, Any] = {"model": name}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        info["capability"] = torch.backends.cpu.get_cpu_capability()
+        info["threads"] = torch.get_num_threads()
+    return info
+
+
 def provenance(**extra: Any) -> dict[str, Any]:
-    """What produced a result: code commit, package versions, machine, time, plus ``extra``."""
+    """What produced a result: code commit, package versions, machine and CPU, time, plus ``extra``."""
     return {
         "git_commit": git_commit(),
         "packages": package_versions(),
         "python": platform.python_version(),
         "machine": f"{platform.system()} {platform.machine()}",
+        "cpu": cpu_info(),
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **extra,
     }

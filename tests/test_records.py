@@ -71,3 +71,14 @@ def test_localization_and_explorer_readers_check_the_kind(tmp_path):
     (tmp_path / "m__auroc-max.json").write_text(json.dumps({"kind": "explorer"}))
     with pytest.raises(ValueError, match="is an? 'explorer' record, not 'localization'"):
         report.load_localization(tmp_path)
+
+
+def test_provenance_names_the_cpu_and_torch_threads():
+    import torch
+
+    from detox_utils import results
+
+    cpu = results.provenance()["cpu"]
+    assert isinstance(cpu["model"], str)
+    assert cpu["capability"] == torch.backends.cpu.get_cpu_capability()
+    assert cpu["threads"] == torch.get_num_threads()
