@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -17,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from . import data, evaluators, generation, interventions, metrics, models, results
-from ._io import cache_dir, compute_once, compute_once_file, stable_hash
+from ._io import (atomic_path, cache_dir, compute_once, compute_once_file, stable_hash, verify_checksum,
+                  write_checksum)
 from .config import EvalConfig
 
 log = logging.getLogger(__name__)
@@ -29,21 +31,33 @@ def _evaluator(name: str) -> evaluators.Evaluator:
     return evaluators.load(name)
 
 
-def fit_method(cfg: EvalConfig, lm: models.LoadedModel, progress: bool = True):
-    """The fitted intervention for ``cfg`` (from the cache when it was fitted before); with
-    ``cfg.control_seed`` set, its random-unit control (`interventions.random_control`)."""
-    method = _fitted(cfg, lm, progress)
+def fit_method(cfg: EvalConfig, lm: models.LoadedModel, progress: bool = True,
+               published: str | Path | None = None):
+    """The fitted intervention for ``cfg``; with ``cfg.control_seed`` set, its random-unit control
+    (`interventions.random_control`).
+
+    ``published``: a folder of fits published with a grid's results (``<results>/fits``). A fit found
+    there (checked against its sha256 record) is used as it is; otherwise the machine's cache, else a
+    new fit, which is then published there. A fit recomputed on another CPU can move a unit at a
+    selection boundary (`detox_utils.verify.compare_fits`), so a published fit is what keeps every run
+    of a grid, and every rerun, on one fit."""
+    method = _fitted(cfg, lm, progress, None if published is None else Path(published))
     if cfg.control_seed is not None:
         return interventions.random_control(method, cfg.control_seed)
     return method
 
 
-def _fitted(cfg: EvalConfig, lm: models.LoadedModel, progress: bool):
+def _fitted(cfg: EvalConfig, lm: models.LoadedModel, progress: bool, published: Path | None = None):
     from .activations import weight_fingerprint
 
     # keyed by the weights themselves: a changed folder, an updated hub model or a new GGUF is refitted
     key = stable_hash({**cfg.fit_key(), "weights": weight_fingerprint(lm.model)})
-    path = cache_dir("interventions") / f"{cfg.method}-{key}.pt"
+    name = f"{cfg.method}-{key}.pt"
+    path = cache_dir("interventions") / name
+    shared = None if published is None else published / name
+    if shared is not None and shared.is_file() and verify_checksum(shared, "interventions"):
+        log.info("loading the published fit %s", shared)
+        return interventions.load(shared)
 
     def load(path: Path):
         log.info("loading fitted %s from %s", cfg.method, path)
@@ -54,7 +68,13 @@ def _fitted(cfg: EvalConfig, lm: models.LoadedModel, progress: bool):
         return interventions.fit(cfg.method, lm, toxic, neutral, progress=progress, **cfg.method_params)
 
     # a concurrent run (batch --jobs N) may be fitting the same method: it is fitted once
-    return compute_once_file(path, fit, kind="interventions", load=load, save=lambda m, tmp: m.save(tmp))
+    method = compute_once_file(path, fit, kind="interventions", load=load, save=lambda m, tmp: m.save(tmp))
+    if shared is not None and not shared.is_file():
+        shared.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(shared) as tmp:
+            shutil.copyfile(path, tmp)
+        write_checksum(shared)
+    return method
 
 
 def generate(cfg: EvalConfig, lm: models.LoadedModel, method, progress: bool = True) -> pd.DataFrame:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,9 @@ from typing import Any, Iterator
 from . import batch, results
 from ._progress import tqdm
 from .config import EvalConfig, resolve_device
+
+
+FITS = "fits"  # the folder of fits published beside a grid's results (`experiment.fit_method`)
 
 
 @dataclass
@@ -174,6 +178,8 @@ def verify(folder: str | Path, runs: list[str] | None = None, n: int = 1, *, ato
     with tempfile.TemporaryDirectory(prefix="detox-verify-") as tmp:
         scratch = Path(workdir) if workdir is not None else Path(tmp)
         scratch.mkdir(parents=True, exist_ok=True)
+        if (folder / FITS).is_dir():  # the reruns read the published fits, as the grid's runs did
+            shutil.copytree(folder / FITS, scratch / FITS, dirs_exist_ok=True)
         out: list[Verification] = []
         bar = tqdm(chosen, desc="verify", unit="run", disable=not progress)
         for record in bar:

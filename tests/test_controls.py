@@ -211,3 +211,21 @@ def test_localization_of_other_settings_never_overwrites_the_books(tmp_path):
     assert other.name == f"{lm.name}__auroc-max__{LocalizeConfig(model=lm.name, n_boot=3).config_hash}.json"
     assert [r["config"]["n_boot"] for r in report.load_localization(tmp_path)] == [100]
     assert report.read_localization(other)["config"]["n_boot"] == 3
+
+
+def test_a_published_fit_is_used_before_the_cache_and_a_new_fit_is_published(fitted, tmp_path, monkeypatch):
+    from detox_utils._io import cache_dir
+
+    lm, _ = fitted
+    cfg = EvalConfig(model=lm.name, method="det0", method_params={"k": 9}, n_contrast=4)
+    published = tmp_path / "results" / "fits"
+    first = experiment.fit_method(cfg, lm, progress=False, published=published)
+    (shared,) = published.glob("det0-*.pt")
+    assert (published / f".{shared.name}.sha256").is_file()  # published with its checksum record
+    (cache_dir("interventions") / shared.name).unlink()  # this machine's cache is gone
+    monkeypatch.setattr(iv, "fit", lambda *a, **k: pytest.fail("refitted although a fit was published"))
+    again = experiment.fit_method(cfg, lm, progress=False, published=published)
+    assert all(torch.equal(again.alphas[n], first.alphas[n]) for n in first.alphas)
+    ctl = experiment.fit_method(EvalConfig(**{**cfg.to_dict(), "control_seed": 1}), lm, progress=False,
+                                published=published)  # a control permutes the published fit
+    assert ctl.describe()["control"]["seed"] == 1

@@ -65,6 +65,8 @@ def test_verify_reproduces_then_reports_tampering(published, tmp_path, capsys):
     (published / f"{h}.json").write_text(json.dumps(record))
     with gzip.open(published / f"{h}.samples.csv.gz", "wt") as f:
         f.write("prompt_id,continuation,score.max\n0,a b,0.1\n0,d,0.2\n")
+    (published / "fits").mkdir()
+    (published / "fits" / "det0-0123.pt").write_bytes(b"a published fit")
     before = {p.name: p.read_bytes() for p in published.iterdir() if p.is_file()}
     [check] = verify.verify(published, runs=[h], notebook=FAKE_NB, workdir=tmp_path / "scratch",
                                progress=False)
@@ -74,6 +76,8 @@ def test_verify_reproduces_then_reports_tampering(published, tmp_path, capsys):
         "samples.continuation: 1 of 2 rows differ (first: row 1, stored 'd', rerun 'c')"]
     assert {p.name: p.read_bytes() for p in published.iterdir() if p.is_file()} == before
     assert (tmp_path / "scratch" / f"{h}.json").exists()  # --workdir keeps the reruns
+    # the reruns read the published fits, as the published runs did
+    assert (tmp_path / "scratch" / "fits" / "det0-0123.pt").read_bytes() == b"a published fit"
 
 
 def test_verify_refuses_bad_input(published, tmp_path, capsys):
