@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from . import data, evaluators, generation, interventions, metrics, models, results
-from ._io import (atomic_path, cache_dir, compute_once, compute_once_file, stable_hash, verify_checksum,
+from ._io import (CacheIntegrityError, atomic_path, cache_dir, compute_once, compute_once_file, stable_hash, verify_checksum,
                   write_checksum)
 from .config import EvalConfig
 
@@ -32,16 +32,16 @@ def _evaluator(name: str) -> evaluators.Evaluator:
 
 
 def fit_method(cfg: EvalConfig, lm: models.LoadedModel, progress: bool = True,
-               published: str | Path | None = None):
+               result_dir: str | Path | None = None):
     """The fitted intervention for ``cfg``; with ``cfg.control_seed`` set, its random-unit control
     (`interventions.random_control`).
 
-    ``published``: a folder of fits published with a grid's results (``<results>/fits``). A fit found
-    there (checked against its sha256 record) is used as it is; otherwise the machine's cache, else a
+    ``result_dir``: the grid's result folder, whose fits are published in `results.fits_folder`. A fit
+    found there (checked against its sha256 record) is used as it is; otherwise the machine's cache, else a
     new fit, which is then published there. A fit recomputed on another CPU can move a unit at a
     selection boundary (`detox_utils.verify.compare_fits`), so a published fit is what keeps every run
     of a grid, and every rerun, on one fit."""
-    method = _fitted(cfg, lm, progress, None if published is None else Path(published))
+    method = _fitted(cfg, lm, progress, None if result_dir is None else results.fits_folder(result_dir))
     if cfg.control_seed is not None:
         return interventions.random_control(method, cfg.control_seed)
     return method
@@ -55,9 +55,16 @@ def _fitted(cfg: EvalConfig, lm: models.LoadedModel, progress: bool, published: 
     name = f"{cfg.method}-{key}.pt"
     path = cache_dir("interventions") / name
     shared = None if published is None else published / name
-    if shared is not None and shared.is_file() and verify_checksum(shared, "interventions"):
-        log.info("loading the published fit %s", shared)
-        return interventions.load(shared)
+    if shared is not None and shared.is_file():
+        try:
+            trusted = verify_checksum(shared, "interventions")
+        except CacheIntegrityError as err:  # a committed file, not a cache entry: say how to restore it
+            raise ValueError(
+                f"published fit {shared} does not match its sha256 record ({err.reason}); restore it "
+                f"(e.g. git checkout -- {shared}) or delete it and its record to refit") from None
+        if trusted:
+            log.info("loading the published fit %s", shared)
+            return interventions.load(shared)
 
     def load(path: Path):
         log.info("loading fitted %s from %s", cfg.method, path)

@@ -47,6 +47,15 @@ TRACKED_PACKAGES = (
 )
 
 
+FITS = "fits"  # beside a grid's result files: the fitted interventions its runs used (`fits_folder`)
+
+
+def fits_folder(result_dir: str | Path) -> Path:
+    """Where a grid's fits are published, beside its results: read by `detox_utils.experiment.fit_method`
+    before the machine's cache, and copied by `detox_utils.verify` into its scratch folder."""
+    return Path(result_dir) / FITS
+
+
 def git_commit(repo: Path = REPO_ROOT) -> str | None:
     """The commit of the repository (with ``-dirty`` when it has uncommitted changes), or None."""
     try:

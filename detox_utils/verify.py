@@ -29,9 +29,6 @@ from ._progress import tqdm
 from .config import EvalConfig, resolve_device
 
 
-FITS = "fits"  # the folder of fits published beside a grid's results (`experiment.fit_method`)
-
-
 @dataclass
 class Verification:
     config_hash: str
@@ -178,8 +175,8 @@ def verify(folder: str | Path, runs: list[str] | None = None, n: int = 1, *, ato
     with tempfile.TemporaryDirectory(prefix="detox-verify-") as tmp:
         scratch = Path(workdir) if workdir is not None else Path(tmp)
         scratch.mkdir(parents=True, exist_ok=True)
-        if (folder / FITS).is_dir():  # the reruns read the published fits, as the grid's runs did
-            shutil.copytree(folder / FITS, scratch / FITS, dirs_exist_ok=True)
+        if results.fits_folder(folder).is_dir():  # the reruns read the published fits, as the runs did
+            shutil.copytree(results.fits_folder(folder), results.fits_folder(scratch), dirs_exist_ok=True)
         out: list[Verification] = []
         bar = tqdm(chosen, desc="verify", unit="run", disable=not progress)
         for record in bar:

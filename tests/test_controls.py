@@ -219,13 +219,17 @@ def test_a_published_fit_is_used_before_the_cache_and_a_new_fit_is_published(fit
     lm, _ = fitted
     cfg = EvalConfig(model=lm.name, method="det0", method_params={"k": 9}, n_contrast=4)
     published = tmp_path / "results" / "fits"
-    first = experiment.fit_method(cfg, lm, progress=False, published=published)
+    first = experiment.fit_method(cfg, lm, progress=False, result_dir=tmp_path / "results")
     (shared,) = published.glob("det0-*.pt")
     assert (published / f".{shared.name}.sha256").is_file()  # published with its checksum record
     (cache_dir("interventions") / shared.name).unlink()  # this machine's cache is gone
     monkeypatch.setattr(iv, "fit", lambda *a, **k: pytest.fail("refitted although a fit was published"))
-    again = experiment.fit_method(cfg, lm, progress=False, published=published)
+    again = experiment.fit_method(cfg, lm, progress=False, result_dir=tmp_path / "results")
     assert all(torch.equal(again.alphas[n], first.alphas[n]) for n in first.alphas)
     ctl = experiment.fit_method(EvalConfig(**{**cfg.to_dict(), "control_seed": 1}), lm, progress=False,
-                                published=published)  # a control permutes the published fit
+                                result_dir=tmp_path / "results")  # a control permutes the published fit
     assert ctl.describe()["control"]["seed"] == 1
+    shared.write_bytes(shared.read_bytes() + b"x")  # a damaged published fit is refused, with the remedy
+    with pytest.raises(ValueError, match=f"published fit .*{shared.name} does not match its sha256 record"
+                                         ".*restore it"):
+        experiment.fit_method(cfg, lm, progress=False, result_dir=tmp_path / "results")
