@@ -2,7 +2,7 @@
 model (``python -m detox_utils localize [--models M ...] [--out DIR]``, what ``make localization``
 runs).
 
-The models are those of the registry, `packaged.PACKAGED` (in `packaged.available`'s order), so a
+The models are those of the registry, `registry.PACKAGED` (in `packaged.available`'s order), so a
 new packaged model gets its run, its notebook page (``_toc.yml`` globs
 ``results/localization/localize-*``) and its link on the Localization page without being named
 anywhere else. A model whose result ``<out>/<model>__auroc-max.json`` exists is skipped: the

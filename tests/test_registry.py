@@ -42,6 +42,21 @@ def test_method_classes_come_from_the_registry():
         interventions.methods._implementation(bad)
 
 
+def test_every_packaged_model_is_declared_once_and_tracked():
+    import subprocess
+    import sys
+
+    from detox_utils import models, packaged, results
+
+    assert models.PACKAGED is packaged.PACKAGED is registry.PACKAGED
+    for name, spec in registry.PACKAGED.items():
+        assert spec.name == name and spec.packages
+        assert set(spec.packages) <= set(results.TRACKED_PACKAGES), name  # versions in every provenance
+    code = "import sys, detox_utils.registry, detox_utils.results; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"  # the declarations load without the pipeline
+
+
 def test_config_uses_the_data_table():
     assert config.BENCHMARKS == data.BENCHMARKS and config.PPL_CORPORA == data.PERPLEXITY_CORPORA
     assert config.ZEROSHOT_TASKS == tuple(registry.ZEROSHOT)
