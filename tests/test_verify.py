@@ -96,6 +96,22 @@ def test_verify_refuses_bad_input(published, tmp_path, capsys):
     assert "device" in capsys.readouterr().err
 
 
+def test_select_prefers_runs_whose_fit_is_published(published, caplog):
+    by_method = {r["config"]["method"]: r["config_hash"] for r in verify.select_runs(published, n=2)}
+    assert set(by_method) == {"none", "damp"} and verify.published_methods(published) is None
+    (published / "fits").mkdir()
+    (published / "fits" / "none-0123.pt").write_bytes(b"a published fit")
+    assert verify.published_methods(published) == {"none"}
+    [only] = verify.select_runs(published, n=2)  # damp's fit is not published: a refit may move units
+    assert only["config"]["method"] == "none"
+    assert "1 of 2 runs" in caplog.text and "(damp) is not published" in caplog.text
+    [named] = verify.select_runs(published, [by_method["damp"]])  # named runs are rerun anyway
+    assert named["config_hash"] == by_method["damp"]
+    (published / "fits" / "none-0123.pt").rename(published / "fits" / "det0-0123.pt")
+    with pytest.raises(ValueError, match="no run of .* has a published fit \\(fits of: det0\\)"):
+        verify.select_runs(published, n=2)
+
+
 def test_compare_samples_messages_read_plainly():
     import pandas as pd
 
