@@ -32,22 +32,25 @@ def _evaluator(name: str) -> evaluators.Evaluator:
 
 
 def fit_method(cfg: EvalConfig, lm: models.LoadedModel, progress: bool = True,
-               result_dir: str | Path | None = None):
+               result_dir: str | Path | None = None, publish: bool = True):
     """The fitted intervention for ``cfg``; with ``cfg.control_seed`` set, its random-unit control
     (`interventions.random_control`).
 
     ``result_dir``: the grid's result folder, whose fits are published in `results.fits_folder`. A fit
     found there (checked against its sha256 record) is used as it is; otherwise the machine's cache, else a
-    new fit, which is then published there. A fit recomputed on another CPU can move a unit at a
+    new fit, which is then published there (unless ``publish`` is false: `detox_utils.export` reads a
+    grid's fits and never writes into it). A fit recomputed on another CPU can move a unit at a
     selection boundary (`detox_utils.verify.compare_fits`), so a published fit is what keeps every run
     of a grid, and every rerun, on one fit."""
-    method = _fitted(cfg, lm, progress, None if result_dir is None else results.fits_folder(result_dir))
+    method = _fitted(cfg, lm, progress, None if result_dir is None else results.fits_folder(result_dir),
+                     publish=publish)
     if cfg.control_seed is not None:
         return interventions.random_control(method, cfg.control_seed)
     return method
 
 
-def _fitted(cfg: EvalConfig, lm: models.LoadedModel, progress: bool, published: Path | None = None):
+def _fitted(cfg: EvalConfig, lm: models.LoadedModel, progress: bool, published: Path | None = None,
+            publish: bool = True):
     from .activations import weight_fingerprint
 
     # keyed by the weights themselves: a changed folder, an updated hub model or a new GGUF is refitted
@@ -76,7 +79,7 @@ def _fitted(cfg: EvalConfig, lm: models.LoadedModel, progress: bool, published: 
 
     # a concurrent run (batch --jobs N) may be fitting the same method: it is fitted once
     method = compute_once_file(path, fit, kind="interventions", load=load, save=lambda m, tmp: m.save(tmp))
-    if shared is not None and not shared.is_file():
+    if publish and shared is not None and not shared.is_file():
         shared.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(shared) as tmp:
             shutil.copyfile(path, tmp)

@@ -2,7 +2,8 @@
 transformers folder that any serving engine loads (``AutoModelForCausalLM.from_pretrained`` alone).
 
 ``python -m detox_utils export --model smollm2-135m --method aura --out DIR [--param k=v ...]
-[--results results/powered]`` fits (or reads from the cache) the method exactly as a grid run would,
+[--results results/powered]`` fits the method exactly as a grid run would (or reads the fit that
+``--results`` publishes, `detox_utils.results.fits_folder`, else the cached one),
 folds it into the weights, and writes safetensors, config, tokenizer and a model card (``README.md``)
 naming the method, its parameters, its provenance and, when ``--results`` holds runs of the same model
 and setting, the measured change in toxicity, perplexity and zero-shot accuracy against the plain model.
@@ -89,7 +90,7 @@ def measured_lines(folder: str | Path, model: str, method: str, params: Mapping[
 
 def main(model: str, method: str, out: str, params: Mapping[str, Any], n_contrast: int = 400,
          seed: int = 0, results_dir: str | None = None, device: str = "cpu") -> Path:
-    """The ``export`` command: load, fit (or read the cached fit), fold, save, card."""
+    """The ``export`` command: load, fit (or read the published or cached fit), fold, save, card."""
     from . import experiment, models
     from .config import EvalConfig, resolve_device
 
@@ -97,5 +98,6 @@ def main(model: str, method: str, out: str, params: Mapping[str, Any], n_contras
                      seed=seed)
     measured = measured_lines(results_dir, model, method, cfg.method_params) if results_dir else []
     lm = models.load(cfg.model, device=resolve_device(device), dtype=cfg.torch_dtype)
-    fitted = experiment.fit_method(cfg, lm, progress=False)
+    # the grid's own fit when it publishes one, so the exported weights are those its runs measured
+    fitted = experiment.fit_method(cfg, lm, progress=False, result_dir=results_dir, publish=False)
     return export_model(lm, fitted, out, measured)

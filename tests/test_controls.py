@@ -223,6 +223,7 @@ def test_a_published_fit_is_used_before_the_cache_and_a_new_fit_is_published(fit
     (shared,) = published.glob("det0-*.pt")
     assert (published / f".{shared.name}.sha256").is_file()  # published with its checksum record
     (cache_dir("interventions") / shared.name).unlink()  # this machine's cache is gone
+    real_fit = iv.fit
     monkeypatch.setattr(iv, "fit", lambda *a, **k: pytest.fail("refitted although a fit was published"))
     again = experiment.fit_method(cfg, lm, progress=False, result_dir=tmp_path / "results")
     assert all(torch.equal(again.alphas[n], first.alphas[n]) for n in first.alphas)
@@ -233,3 +234,8 @@ def test_a_published_fit_is_used_before_the_cache_and_a_new_fit_is_published(fit
     with pytest.raises(ValueError, match=f"published fit .*{shared.name} does not match its sha256 record"
                                          ".*restore it"):
         experiment.fit_method(cfg, lm, progress=False, result_dir=tmp_path / "results")
+    # a reader (export) uses a grid's fit when it has one and never writes into the grid
+    other = EvalConfig(model=lm.name, method="det0", method_params={"k": 7}, n_contrast=4)
+    monkeypatch.setattr(iv, "fit", real_fit)
+    experiment.fit_method(other, lm, progress=False, result_dir=tmp_path / "results", publish=False)
+    assert sorted(p.name for p in published.glob("*.pt")) == [shared.name]
