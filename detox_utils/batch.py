@@ -255,12 +255,16 @@ def _run_locked(cfg: EvalConfig, out: Path, result_path: Path, notebook: str | P
     params = {**cfg.to_dict(), "result_dir": str(out), "progress": False, "device": device}
     if threads:  # a notebook older than the threads parameter still runs with the default
         params["threads"] = threads
+    notebook = Path(notebook).resolve()
     try:
         with atomic_path(nb_out) as tmp_nb:
             try:
-                pm.execute_notebook(str(notebook), str(tmp_nb), parameters=params,
-                                    progress_bar=False, execution_timeout=timeout,
-                                    cwd=str(Path(notebook).parent), kernel_name="python3")
+                # The kernel starts in the notebook's folder (nbclient's resources path), not through
+                # papermill's cwd=, which chdirs the whole process: with --jobs N, runs in threads would
+                # then restore each other's working directory (nteract/papermill#473).
+                pm.execute_notebook(str(notebook), str(Path(tmp_nb).resolve()), parameters=params,
+                                    progress_bar=False, execution_timeout=timeout, kernel_name="python3",
+                                    resources={"metadata": {"path": str(notebook.parent)}})
             except BaseException:
                 if tmp_nb.exists():  # keep the partly executed notebook for debugging
                     tmp_nb.replace(nb_out.with_suffix(".failed.ipynb"))

@@ -6,6 +6,7 @@ runs the real evaluation notebook."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -224,8 +225,15 @@ def test_threads_shared_between_local_jobs(profiles, tmp_path, monkeypatch):
     assert batch.default_threads(4, scheduler="tcp://127.0.0.1:1") == 0
     monkeypatch.undo()
     out = tmp_path / "out"
+    # runs in threads never move the process's working directory (papermill's cwd= would chdir into
+    # notebooks/, and concurrent runs then restore each other's directory); its file IO re-enters the
+    # same directory, which is harmless
+    here, chdirs = os.getcwd(), []
+    real_chdir = os.chdir
+    monkeypatch.setattr(os, "chdir", lambda path: chdirs.append(path) or real_chdir(path))
     batch.run_batch("tiny", out, profiles_path=profiles, notebook=FAKE_NB, progress=False, jobs=2,
                     threads=1)
+    assert set(map(str, chdirs)) <= {here} and os.getcwd() == here
     params = [json.loads(p.read_text())["metadata"]["papermill"]["parameters"]
               for p in (out / "notebooks").glob("*.ipynb")]
     assert params and all(p.get("threads") == 1 for p in params)

@@ -26,9 +26,13 @@ def test_grid_runs_are_written_with_their_kind(tmp_path):
         results.read_record(path, "localization")
 
 
-def test_committed_records_without_kind_keep_reading():
-    run = next((RESULTS / "default").glob("*.json"))
-    assert "kind" not in json.loads(run.read_text())  # written before kind existed
+def test_committed_records_without_kind_keep_reading(tmp_path):
+    # a committed grid run as it was written before `kind` existed (the first grid until 2026-12-03)
+    record = json.loads(next((RESULTS / "default").glob("*.json")).read_text())
+    record.pop("kind", None)
+    run = tmp_path / "default" / f"{record['config_hash']}.json"
+    run.parent.mkdir()
+    run.write_text(json.dumps(record))
     assert results.read_result(run)["kind"] == "grid-run"
     assert results.read_record(run)["config_hash"] == run.stem
     validation = RESULTS / "evaluators" / "validation.json"
