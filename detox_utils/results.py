@@ -22,6 +22,8 @@ batch can tell a complete run from one whose samples were deleted, truncated or 
 """
 from __future__ import annotations
 
+import csv
+
 import importlib.metadata
 import json
 import platform
@@ -192,7 +194,7 @@ def incomplete_reason(result_path: str | Path) -> str | None:
     except (KeyError, TypeError, ValueError):
         return f"result {result_path} has no n_prompts / n_samples to check its samples against"
     try:
-        rows = len(pd.read_csv(samples, keep_default_na=False))
+        rows = len(read_samples_csv(samples))
     except Exception as err:  # noqa: BLE001 - a damaged gzip or CSV, whatever the error
         return f"samples file {samples} is unreadable ({type(err).__name__}: {err})"
     if rows != expected:
@@ -201,10 +203,18 @@ def incomplete_reason(result_path: str | Path) -> str | None:
 
 
 def write_samples(path: str | Path, samples: pd.DataFrame) -> Path:
-    """Write the generated continuations with their scores as gzip CSV, atomically."""
+    """Write the generated continuations with their scores as gzip CSV, atomically. Every text field is
+    quoted: a continuation may hold a bare carriage return, which pandas' default (quote only fields with
+    the delimiter, a quote or ``\n``) leaves unquoted and most CSV readers take for a line break."""
     with atomic_path(path) as tmp:
-        samples.to_csv(tmp, index=False, compression="gzip")
+        samples.to_csv(tmp, index=False, compression="gzip", quoting=csv.QUOTE_NONNUMERIC)
     return Path(path)
+
+
+def read_samples_csv(path: str | Path) -> pd.DataFrame:
+    """Read a samples (or per-text scores) CSV: empty strings stay strings, and only ``\n`` ends a row,
+    so files written before texts were quoted, with a bare ``\r`` inside a continuation, read right."""
+    return pd.read_csv(path, keep_default_na=False, lineterminator="\n")
 
 
 _REQUIRED = {"status": str, "config": dict, "config_hash": str, "metrics": dict, "provenance": dict}
@@ -292,7 +302,7 @@ def load_samples(folder: str | Path, config_hash: str) -> pd.DataFrame:
     path = Path(folder) / f"{config_hash}.samples.csv.gz"
     if not path.exists():
         raise FileNotFoundError(f"no samples for run {config_hash} in {folder}")
-    return pd.read_csv(path, keep_default_na=False)
+    return read_samples_csv(path)
 
 
 def _flatten(prefix: str, obj: Any) -> dict[str, Any]:

@@ -208,7 +208,7 @@ def read_scores(out: str | os.PathLike = DEFAULT_OUT) -> pd.DataFrame:
     if sha256_file(path) != info["sha256"]:
         raise ValueError(f"{path} does not match the sha256 recorded in {out}; rerun "
                          "`python -m detox_utils.validate_evaluators`")
-    return pd.read_csv(path)
+    return pd.read_csv(path, lineterminator="\n")  # only \n ends a row: a text may hold a bare \r
 
 
 def main(argv: Sequence[str] | None = None) -> None:

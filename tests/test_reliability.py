@@ -464,3 +464,25 @@ def test_make_without_python311_says_what_to_do(tmp_path):
     assert proc.returncode != 0
     assert "Python 3.11 is needed" in proc.stderr and "PYTHON=" in proc.stderr
     assert not (tmp_path / "venv").exists()
+
+
+def test_a_continuation_with_a_bare_carriage_return_keeps_its_row(tmp_path):
+    """A sampled continuation can hold a bare \\r (a committed Gemma control run has two). It stays one
+    row: new files quote every text, and files written before that (\\r unquoted) read right too."""
+    import gzip
+
+    import pandas as pd
+
+    frame = pd.DataFrame({"prompt_id": [0, 0, 1], "sample_id": [0, 1, 0],
+                          "continuation": [" \rDGLs I was able \r\rcriteria", "plain", "two\nlines"],
+                          "score.max": [0.22, 0.01, 0.5]})
+    new = results.write_samples(tmp_path / "new" / "0123456789abcdef.samples.csv.gz", frame)
+    old = tmp_path / "old" / "0123456789abcdef.samples.csv.gz"
+    old.parent.mkdir()
+    with gzip.open(old, "wt", newline="") as f:  # the way samples were written until 2026-12-03
+        f.write(frame.to_csv(index=False))
+    assert b'"two\nlines"' in gzip.decompress(old.read_bytes()) and b'"\r' not in gzip.decompress(old.read_bytes())
+    for path in (new, old):
+        back = results.load_samples(path.parent, "0123456789abcdef")
+        assert back.continuation.tolist() == frame.continuation.tolist() and len(back) == 3
+        assert back["score.max"].tolist() == [0.22, 0.01, 0.5]
