@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from . import data, evaluators, generation, interventions, metrics, models, results
-from ._io import (CacheIntegrityError, atomic_path, cache_dir, compute_once, compute_once_file, stable_hash, verify_checksum,
-                  write_checksum)
+from ._io import (CacheIntegrityError, atomic_path, cache_dir, compute_once, compute_once_file, stable_hash,
+                  verify_checksum, write_checksum)
 from .config import EvalConfig
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def _fitted(cfg: EvalConfig, lm: models.LoadedModel, progress: bool, published: 
 
     # keyed by the weights themselves: a changed folder, an updated hub model or a new GGUF is refitted
     key = stable_hash({**cfg.fit_key(), "weights": weight_fingerprint(lm.model)})
-    name = f"{cfg.method}-{key}.pt"
+    name = results.fit_name(cfg.method, key)
     path = cache_dir("interventions") / name
     shared = None if published is None else published / name
     if shared is not None and shared.is_file():

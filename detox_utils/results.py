@@ -23,7 +23,6 @@ batch can tell a complete run from one whose samples were deleted, truncated or 
 from __future__ import annotations
 
 import csv
-
 import importlib.metadata
 import json
 import platform
@@ -56,6 +55,19 @@ def fits_folder(result_dir: str | Path) -> Path:
     """Where a grid's fits are published, beside its results: read by `detox_utils.experiment.fit_method`
     before the machine's cache, and copied by `detox_utils.verify` into its scratch folder."""
     return Path(result_dir) / FITS
+
+
+def fit_name(method: str, key: str) -> str:
+    """The file name of a fit, in the machine's cache and in `fits_folder`: ``<method>-<key>.pt``."""
+    return f"{method}-{key}.pt"
+
+
+def published_methods(result_dir: str | Path) -> set[str] | None:
+    """The methods whose fits ``result_dir`` publishes (`fit_name` files in `fits_folder`), or None when
+    it publishes none (a folder from before fits were published: every run is refitted)."""
+    fits = fits_folder(result_dir)
+    names = {p.name.split("-", 1)[0] for p in fits.glob(fit_name("*", "*"))} if fits.is_dir() else set()
+    return names or None
 
 
 def git_commit(repo: Path = REPO_ROOT) -> str | None:

@@ -3,7 +3,7 @@ the book's numbers?
 
 ``python -m detox_utils verify --out results/default [--runs HASH ...] [--n N]`` reruns the chosen
 runs of a result folder (by default the ``N`` cheapest by their recorded timings among those whose fit the
-folder publishes, `published_methods`) through the same
+folder publishes, `results.published_methods`) through the same
 papermill notebook into a scratch folder, then compares, for each run,
 
 - the fitted intervention as each result describes it (units per layer and site, factors), first,
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import batch, results
+from .results import published_methods
 from ._progress import tqdm
 from .config import EvalConfig, resolve_device
 
@@ -141,18 +142,10 @@ def _cost(record: dict[str, Any]) -> float:
     return float(sum(v for v in timings.values() if _is_number(v))) or math.inf
 
 
-def published_methods(folder: str | Path) -> set[str] | None:
-    """The methods whose fits ``folder`` publishes (`results.fits_folder`: ``<method>-<key>.pt``), or
-    None when it publishes none (a folder from before fits were published: every run is refitted)."""
-    fits = results.fits_folder(folder)
-    names = {p.name.split("-", 1)[0] for p in fits.glob("*.pt")} if fits.is_dir() else set()
-    return names or None
-
-
 def select_runs(folder: str | Path, runs: list[str] | None = None, n: int = 1) -> list[dict[str, Any]]:
     """The stored ``ok`` records to re-execute: the given hashes, else the ``n`` cheapest runs whose
-    fit is published (`published_methods`), since a fit recomputed on another CPU may move a unit at a
-    selection boundary and so every number after it; given hashes are rerun whatever their fit."""
+    fit is published (`results.published_methods`), since a fit recomputed on another CPU may move a
+    unit at a selection boundary and so every number after it; given hashes are rerun whatever their fit."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no result folder at {folder}")
@@ -174,8 +167,8 @@ def select_runs(folder: str | Path, runs: list[str] | None = None, n: int = 1) -
     published = published_methods(folder)
     eligible = [r for r in records.values() if published is None or r["config"]["method"] in published]
     if not eligible:
-        raise ValueError(f"no run of {folder} has a published fit (fits of: {', '.join(sorted(published))}); "
-                         "name runs with --runs to rerun them with a new fit")
+        raise ValueError(f"no run of {folder} has a published fit (fits of: "
+                         f"{', '.join(sorted(published))}); name runs with --runs to rerun them with a new fit")
     skipped = len(records) - len(eligible)
     if skipped:
         methods = sorted({r["config"]["method"] for r in records.values()} - published)
@@ -229,5 +222,5 @@ def verify(folder: str | Path, runs: list[str] | None = None, n: int = 1, *, ato
         return out
 
 
-__all__ = ["Verification", "compare_fits", "compare_metrics", "compare_samples", "published_methods", "select_runs",
-           "verify"]
+__all__ = ["Verification", "compare_fits", "compare_metrics", "compare_samples", "published_methods",
+           "select_runs", "verify"]
