@@ -156,7 +156,10 @@ def effects(folder: str | Path = POWERED, evaluators: Iterable[str] | None = Non
     ``rel_ppl``, ``rel_ppl_sentence`` (relative perplexity changes); ``zs_*`` (zero-shot);
     ``n_controls``, ``control_factor`` (mean over seeds), ``control_rel_ppl``, ``p_vs_control`` (the
     largest exact McNemar p of method vs a control seed) and ``beats_control`` (fewer toxic prompts than
-    every control seed, each at p < 0.05: an intersection-union test, valid without correction).
+    every control seed, each at p < 0.05: an intersection-union test, valid without correction);
+    ``vs_control_at_ppl``, ``equal_ppl_at``, ``equal_ppl_ratio`` [``equal_ppl_lo``, ``equal_ppl_hi``]:
+    the method against its pooled controls at equal perplexity cost (`stats.at_equal_cost`: the
+    relation is measured, the ratio interpolated).
     """
     folder = Path(folder)
     table = runs(folder)
@@ -197,11 +200,12 @@ def effects(folder: str | Path = POWERED, evaluators: Iterable[str] | None = Non
                 "distinct_2": run.get("distinct_2", math.nan),
                 "n_controls": len(controls),
             }
-            cfac, cppl, cps = [], [], []
+            cfac, cppl, cps, ctox = [], [], [], []
             for _, ctl in controls.iterrows():
                 ct, _ = per_prompt(_samples(folder, ctl.config_hash, cache), ev, run.threshold)
                 cfac.append(stats.ratio_with_ci(bt, ct, idx=idx)["factor"])
                 cppl.append(ctl.ppl / base.ppl - 1)
+                ctox.append(ct)
                 vs = stats.mcnemar_exact(ct, mt)  # b: control toxic only, c: method toxic only
                 cps.append(vs["p"] if vs["b"] > vs["c"] else 1.0)
             row.update({
@@ -210,6 +214,7 @@ def effects(folder: str | Path = POWERED, evaluators: Iterable[str] | None = Non
                 "p_vs_control": float(max(cps)) if cps else math.nan,
                 "beats_control": bool(cps) and max(cps) < ALPHA,
             })
+            row.update(_equal_ppl(bt, mt, ctox, row["rel_ppl"], row["control_rel_ppl"], idx))
             rows.append(row)
     out = pd.DataFrame(rows)
     if not len(out):  # baselines only so far
@@ -220,6 +225,21 @@ def effects(folder: str | Path = POWERED, evaluators: Iterable[str] | None = Non
         out.loc[group.index, "p_holm"] = stats.holm(group["p"].to_numpy())
         out.loc[group.index, "emt_p_holm"] = stats.holm(group["emt_p"].to_numpy())
     return out
+
+
+def _equal_ppl(base_toxic, method_toxic, control_toxic: list, method_cost: float, control_cost: float,
+               idx: np.ndarray) -> dict:
+    """`stats.at_equal_cost` of the method against its control seeds pooled (per-prompt toxic rate
+    averaged over seeds, perplexity cost averaged): ``vs_control_at_ppl`` (the measured relation) and
+    ``equal_ppl_ratio`` [``equal_ppl_lo``, ``equal_ppl_hi``] at ``equal_ppl_at`` (interpolated)."""
+    empty = {"vs_control_at_ppl": "", "equal_ppl_at": math.nan, "equal_ppl_ratio": math.nan,
+             "equal_ppl_lo": math.nan, "equal_ppl_hi": math.nan}
+    if not control_toxic or not (math.isfinite(method_cost) and math.isfinite(control_cost)):
+        return empty
+    pooled = np.mean([np.asarray(c, float) for c in control_toxic], axis=0)
+    r = stats.at_equal_cost(base_toxic, method_toxic, pooled, float(method_cost), float(control_cost), idx=idx)
+    return {"vs_control_at_ppl": r["relation"], "equal_ppl_at": r["at_cost"], "equal_ppl_ratio": r["ratio"],
+            "equal_ppl_lo": r["lo"], "equal_ppl_hi": r["hi"]}
 
 
 def with_mde(eff: pd.DataFrame, pw: pd.DataFrame) -> pd.DataFrame:
@@ -250,12 +270,24 @@ def _pct(x: float) -> str:
 CELL_SEP = "\n"
 
 
+def _equal_ppl_text(r) -> str:
+    relation = getattr(r, "vs_control_at_ppl", "")
+    if not relation:
+        return ""
+    ratio = getattr(r, "equal_ppl_ratio", math.nan)
+    if math.isnan(ratio):
+        return f" ({relation})"
+    return (f" ({relation}; at equal Δppl {_pct(r.equal_ppl_at)}, method/control "
+            f"{_fmt(ratio)} [{_fmt(r.equal_ppl_lo)}, {_fmt(r.equal_ppl_hi)}], interpolated)")
+
+
 def _cells_text(sub: pd.DataFrame, mde: pd.Series) -> str:
     parts = []
     for r in sub.itertuples():
         m = mde.get((r.model, r.benchmark), math.nan)
         ctl = (f"; random control {_fmt(r.control_factor)}x at Δppl {_pct(r.control_rel_ppl)}, method vs "
-               f"control p = {_fmt(r.p_vs_control, 3)}" if r.n_controls else "; no control run yet")
+               f"control p = {_fmt(r.p_vs_control, 3)}{_equal_ppl_text(r)}" if r.n_controls
+               else "; no control run yet")
         parts.append(f"{r.model}/{r.benchmark}: {_fmt(r.factor)}x [{_fmt(r.lo)}, {_fmt(r.hi)}], "
                      f"Holm p = {_fmt(r.p_holm, 3)}, MDE {_fmt(m)}x{ctl}; "
                      f"Δppl {r.rel_ppl:+.0%} (per-sentence {r.rel_ppl_sentence:+.0%}), "
@@ -266,8 +298,10 @@ def _cells_text(sub: pd.DataFrame, mde: pd.Series) -> str:
 def reduction_verdict(sub: pd.DataFrame, mde: pd.Series, claimed: float) -> str:
     """A reduction claim over the cells ``sub`` (one row per cell, max evaluator): "reproduces" in a
     cell when its Holm-adjusted exact p < 0.05 with fewer toxic prompts, at a corpus-perplexity
-    increase <= 25%, and it beats every random control; else `stats.verdict` per cell (so an
-    unpowered cell is "inconclusive", never "does not reproduce")."""
+    increase <= 25%, and it beats every random control (exact test at equal damage, and not worse
+    than them at equal perplexity, `stats.at_equal_cost`); else `stats.verdict` per cell (so an
+    unpowered cell is "inconclusive", never "does not reproduce"). A cell that loses to its controls
+    at equal damage but wins at equal perplexity (interpolated interval above 1) says so."""
     if not len(sub):
         return "no runs yet"
     counts: dict[str, int] = {}
@@ -279,7 +313,10 @@ def reduction_verdict(sub: pd.DataFrame, mde: pd.Series, claimed: float) -> str:
         if v == "reproduces" and r.rel_ppl > MAX_PPL_INCREASE:
             v = f"only at > {MAX_PPL_INCREASE:.0%} perplexity"
         elif v == "reproduces" and r.n_controls and not r.beats_control:
-            v = "reduces, but not more than random units"
+            v = ("reduces; more than random units only at equal perplexity (interpolated)"
+                 if getattr(r, "equal_ppl_lo", math.nan) > 1 else "reduces, but not more than random units")
+        elif v == "reproduces" and r.n_controls and getattr(r, "equal_ppl_hi", math.nan) < 1:
+            v = "reduces more than random units at equal damage, not at equal perplexity (interpolated)"
         elif v == "reproduces" and not r.n_controls:
             v = "reduces (control not run yet)"
         counts[v] = counts.get(v, 0) + 1

@@ -34,7 +34,7 @@ __all__ = [
     "percentile_interval", "bootstrap_ci", "paired_bootstrap_indices", "mcnemar_exact", "paired_signflip", "holm",
     "benjamini_hochberg", "ratio_with_ci", "profile_location", "compare_profiles",
     "early_layers_verdict", "threshold_at_fpr", "union_at_fpr", "underestimation_at_matched_fpr",
-    "preprompt_readings", "verdict",
+    "preprompt_readings", "at_equal_cost", "verdict",
 ]
 
 
@@ -563,6 +563,71 @@ def preprompt_readings(base, aura, pre, aura_pre, n_boot: int = 2000, seed: int 
         "pre_vs_base": f_pre,
         "n": int(b.size),
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# method against control at equal perplexity cost
+
+
+def _rates(x, name: str) -> np.ndarray:
+    arr = np.asarray(x, float)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array of per-prompt rates, got shape {arr.shape}")
+    if np.isnan(arr).any() or (arr < 0).any() or (arr > 1).any():
+        raise ValueError(f"{name} must hold per-prompt rates in [0, 1] (a toxic indicator, or its mean over "
+                         "control seeds)")
+    return arr
+
+
+def at_equal_cost(base, method, control, method_cost: float, control_cost: float,
+                  idx: np.ndarray | None = None, n_boot: int = 2000, seed: int = 0,
+                  ci: float = 0.95) -> dict:
+    """The method against its random control at the perplexity cost of the cheaper of the two.
+
+    ``base``, ``method``, ``control``: [n_prompts] per-prompt toxic rates on the same prompts (0/1
+    indicators, or for the control their mean over seeds); ``method_cost``, ``control_cost``: relative
+    perplexity increases against the plain model (0.25 = +25%).
+
+    - ``relation`` (measured, no model): "method dominates" when the method's reduction factor is at
+      least the control's at no more cost; "control dominates" the other way round; "trade-off" when
+      the one that reduces more also costs more (then equal damage is not equal cost, and only
+      the interpolation below compares them).
+    - ``ratio`` [``lo``, ``hi``] (**interpolated**, not measured): method factor / control factor at the
+      cheaper cost ``at_cost``. The costlier arm's log factor is scaled by log1p(at_cost) /
+      log1p(its cost), i.e. log factor is assumed proportional to log perplexity along the arm's
+      strength from the plain model (factor 1, cost 0). Only interpolation toward the plain model,
+      never extrapolation; NaN when either cost is <= 0 (a free arm gives nothing to scale by) or a
+      factor is not finite. The interval is a paired percentile bootstrap over prompts with the costs
+      held fixed. Ratio > 1: the localized units reduce more than random ones at equal cost.
+    """
+    b, m, c = _rates(base, "base"), _rates(method, "method"), _rates(control, "control")
+    if not b.size == m.size == c.size:
+        raise ValueError(f"base, method and control must score the same prompts, got {b.size}, {m.size}, "
+                         f"{c.size}")
+    for name, cost in (("method_cost", method_cost), ("control_cost", control_cost)):
+        if not (isinstance(cost, (int, float)) and math.isfinite(cost) and cost > -1):
+            raise ValueError(f"{name} must be a finite relative perplexity change > -1, got {cost!r}")
+    fm, fc = float(_ratio(b.mean(), m.mean())), float(_ratio(b.mean(), c.mean()))
+    if fm >= fc and method_cost <= control_cost:
+        relation = "method dominates"
+    elif fc >= fm and control_cost <= method_cost:
+        relation = "control dominates"
+    else:
+        relation = "trade-off"
+    at_cost = min(method_cost, control_cost)
+    out = {"relation": relation, "method_factor": fm, "control_factor": fc, "at_cost": float(at_cost),
+           "ratio": math.nan, "lo": math.nan, "hi": math.nan}
+    if at_cost <= 0 or not (math.isfinite(fm) and math.isfinite(fc) and fm > 0 and fc > 0):
+        return out
+    wm = math.log1p(at_cost) / math.log1p(method_cost)
+    wc = math.log1p(at_cost) / math.log1p(control_cost)
+    idx = paired_bootstrap_indices(b.size, n_boot, seed) if idx is None else idx
+    rb, rm, rc = b[idx].mean(1), m[idx].mean(1), c[idx].mean(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_ratio = wm * np.log(_ratio(rb, rm)) - wc * np.log(_ratio(rb, rc))
+    lo, hi = bootstrap_ci(np.exp(log_ratio), ci)
+    out.update(ratio=float(math.exp(wm * math.log(fm) - wc * math.log(fc))), lo=float(lo), hi=float(hi))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

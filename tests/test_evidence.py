@@ -68,6 +68,9 @@ def test_effects_against_the_plain_model_with_controls(grid):
     assert aura.n_controls == 2 and aura.beats_control and aura.control_factor < 1.3
     assert aura.rel_ppl == pytest.approx(0.05) and aura.rel_ppl_sentence == pytest.approx(0.05)
     assert aura.zs_delta == 0 and aura.zs_p == 1
+    # equal damage is not equal cost: the controls cost +2.5%, AURA +5%; at +2.5% AURA still wins
+    assert aura.vs_control_at_ppl == "trade-off" and aura.equal_ppl_at == pytest.approx(0.025)
+    assert 1 < aura.equal_ppl_lo <= aura.equal_ppl_ratio <= aura.equal_ppl_hi
     trne = eff.loc["TRNE ρ=0.2"]
     assert trne.lo < 1 < trne.hi and trne.p > 0.05 and trne.n_controls == 0
     damp = eff.loc["Damp k=3000 α=0.5"]
@@ -92,6 +95,27 @@ def test_reduction_verdicts(grid):
     assert evidence.reduction_verdict(trne, pd.Series({("m", "rtp-challenging"): 3.0}), 1.5) == \
         "inconclusive (underpowered) in 1 of 1 cells"
     assert evidence.reduction_verdict(trne.iloc[:0], mde, 1.5) == "no runs yet"
+
+
+def test_reduction_verdict_at_equal_perplexity():
+    """A cell that loses to its controls at equal damage because they cost far more perplexity, and one
+    that beats them at equal damage only by costing more: the verdict names both."""
+    mde = pd.Series({("m", "rtp-challenging"): 1.3})
+    cell = dict(model="m", benchmark="rtp-challenging", factor=1.8, lo=1.5, hi=2.2, p_holm=1e-5,
+                rel_ppl=0.05, n_controls=2, vs_control_at_ppl="trade-off", equal_ppl_at=0.05)
+    cheap = pd.DataFrame([{**cell, "beats_control": False, "equal_ppl_ratio": 1.6, "equal_ppl_lo": 1.3,
+                           "equal_ppl_hi": 2.0}])
+    assert evidence.reduction_verdict(cheap, mde, 1.5) == \
+        "reduces; more than random units only at equal perplexity (interpolated) in 1 of 1 cells"
+    dear = pd.DataFrame([{**cell, "beats_control": True, "equal_ppl_ratio": 0.8, "equal_ppl_lo": 0.7,
+                          "equal_ppl_hi": 0.9}])
+    assert evidence.reduction_verdict(dear, mde, 1.5).startswith(
+        "reduces more than random units at equal damage, not at equal perplexity")
+    tied = cheap.assign(equal_ppl_lo=0.9)
+    assert evidence.reduction_verdict(tied, mde, 1.5).startswith("reduces, but not more than random units")
+    # a frame without the equal-perplexity columns (older callers) keeps the equal-damage rule
+    old = cheap.drop(columns=["equal_ppl_ratio", "equal_ppl_lo", "equal_ppl_hi"]).assign(beats_control=True)
+    assert evidence.reduction_verdict(old, mde, 1.5) == "reproduces in 1 of 1 cells"
 
 
 def test_preprompt_and_claims(grid):

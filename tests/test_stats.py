@@ -239,6 +239,60 @@ def test_preprompt_readings_separate_the_two_readings():
         assert f["lo"] <= f["factor"] <= f["hi"]
 
 
+# ---- method against control at equal perplexity cost
+
+
+def test_at_equal_cost_hand_computed():
+    n = 200
+    base, method, control = np.full(n, 0.8), np.full(n, 0.4), np.full(n, 0.2)   # factors 2 and 4
+    # the control costs +46.41% = 1.21**2 - 1: twice the method's log-perplexity (+21%), so along
+    # log factor ∝ log perplexity its factor at +21% is 4 ** (1/2) = 2, the method's: ratio 1
+    r = S.at_equal_cost(base, method, control, 0.21, 1.21 ** 2 - 1, n_boot=200)
+    assert r["relation"] == "trade-off"
+    assert (r["method_factor"], r["control_factor"]) == (pytest.approx(2.0), pytest.approx(4.0))
+    assert r["at_cost"] == pytest.approx(0.21)
+    assert r["ratio"] == pytest.approx(1.0) and r["lo"] == pytest.approx(1.0) and r["hi"] == pytest.approx(1.0)
+    # the grid's Gemma Meow2X cell: 1.258x at +15.5% against a control's 1.109x at +6.4%;
+    # exp(log 1.258 * log 1.064 / log 1.155) = 1.104, so 1.104 / 1.109 = 0.995 at +6.4%
+    m = np.full(n, 0.8 / 1.258)
+    c = np.full(n, 0.8 / 1.109)
+    r = S.at_equal_cost(base, m, c, 0.155, 0.064, n_boot=200)
+    assert r["relation"] == "trade-off" and r["at_cost"] == pytest.approx(0.064)
+    expected = math.exp(math.log(1.258) * math.log(1.064) / math.log(1.155)) / 1.109
+    assert r["ratio"] == pytest.approx(expected) and r["ratio"] == pytest.approx(0.995, abs=1e-3)
+
+
+def test_at_equal_cost_relations_and_interval():
+    rng = np.random.default_rng(0)
+    n = 600
+    base = rng.random(n) < 0.6
+    method = base & (rng.random(n) < 0.5)           # about 2x
+    control = base & (rng.random(n) < 0.9)          # about 1.1x
+    r = S.at_equal_cost(base, method, control, 0.05, 0.30, n_boot=500)
+    assert r["relation"] == "method dominates"
+    assert r["lo"] > 1 and r["lo"] <= r["ratio"] <= r["hi"]
+    r = S.at_equal_cost(base, control, method, 0.30, 0.05, n_boot=500)
+    assert r["relation"] == "control dominates" and r["hi"] < 1
+    # a free arm (cost <= 0) gives nothing to interpolate by: the relation only
+    r = S.at_equal_cost(base, method, control, -0.02, 0.30, n_boot=100)
+    assert r["relation"] == "method dominates" and math.isnan(r["ratio"])
+    # pooled control seeds are rates, not indicators
+    r = S.at_equal_cost(base, method, (control + base) / 2, 0.05, 0.30, n_boot=100)
+    assert r["control_factor"] > 0.99
+
+
+def test_at_equal_cost_rejects_bad_input():
+    ok = np.ones(5)
+    with pytest.raises(ValueError, match="same prompts"):
+        S.at_equal_cost(ok, ok, np.ones(4), 0.1, 0.1)
+    with pytest.raises(ValueError, match=r"rates in \[0, 1\]"):
+        S.at_equal_cost(ok, ok * 2, ok, 0.1, 0.1)
+    with pytest.raises(ValueError, match="control_cost must be a finite"):
+        S.at_equal_cost(ok, ok, ok, 0.1, math.nan)
+    with pytest.raises(ValueError, match="method_cost must be a finite"):
+        S.at_equal_cost(ok, ok, ok, -1.0, 0.1)
+
+
 # ---- verdict
 
 
