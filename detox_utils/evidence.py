@@ -34,6 +34,8 @@ ALPHA = 0.05
 TARGET_REDUCTION = 1.5  # what the powered profile is sized to detect
 ZEROSHOT_MDE_MAX = 0.05  # "preserved" needs a test that would have seen a 5-point change of accuracy
 MAX_PPL_INCREASE = 0.25  # a reduction counts only at a corpus-perplexity increase of at most this
+N_SIM = 1000  # power simulations per MDE: one default, so every page computes the same MDEs
+TARGET_POWER = 0.8
 
 
 def setting_label(method: str, params: Mapping) -> str:
@@ -60,6 +62,7 @@ def runs(folder: str | Path = POWERED) -> pd.DataFrame:
             "ppl": met["perplexity"]["corpus_ppl"], "ppl_sentence": met["perplexity"]["mean_sentence_ppl"],
             "git_commit": prov.get("git_commit"), "created": record.get("created"),
             "seconds": sum(prov.get("timings", {}).values()),
+            "generate_seconds": prov.get("timings", {}).get("generate", math.nan),
         }
         for name, value in (met.get("diversity") or {}).items():
             row[name] = value
@@ -103,7 +106,7 @@ def _baselines(table: pd.DataFrame, preprompt: bool = False) -> pd.DataFrame:
     return sub.set_index(["model", "benchmark"])
 
 
-def power_table(folder: str | Path = POWERED, n_sim: int = 2000,
+def power_table(folder: str | Path = POWERED, n_sim: int = N_SIM,
                 target: float = TARGET_REDUCTION) -> pd.DataFrame:
     """Per model x benchmark x evaluator (and ``max``): the plain baseline's toxicity probability, the
     number of toxic prompts, the MDE of the design that was run (80% power, exact McNemar, two-sided
@@ -127,6 +130,73 @@ def power_table(folder: str | Path = POWERED, n_sim: int = 2000,
                 f"power_at_{target}x": power.power_tox_prob(pilot, run.n_prompts, run.n_samples, target,
                                                           n_sim=n_sim),
             })
+    return pd.DataFrame(rows)
+
+
+def design_table(folder: str | Path = POWERED, target: float = TARGET_REDUCTION,
+                 n_samples_options: Iterable[int] = (2, 4, 8), n_sim: int = N_SIM) -> pd.DataFrame:
+    """Per model x benchmark x evaluator (and ``max``): the power of the design that was run to detect
+    ``target``, and for each samples-per-prompt option K the fewest prompts that reach 80% power
+    (`power.design_for` on the plain baseline as the pilot, up to the benchmark's prompts; NaN when
+    not reachable). Columns: identity, ``n_prompts``, ``n_samples``, ``base_tox_prob``,
+    ``power_at_<target>x``, ``prompts_needed_k<K>`` per option, ``available_prompts``."""
+    from . import data
+
+    folder = Path(folder)
+    table = runs(folder)
+    if not len(table):
+        return pd.DataFrame()
+    options = tuple(n_samples_options)
+    rows, cache = [], {}
+    for (model, bench), base in _baselines(table).groupby(level=[0, 1]):
+        run = base.iloc[0]
+        samples = _samples(folder, run.config_hash, cache)
+        available = len(data.prompts(bench))
+        for ev in evaluators_of(samples):
+            pilot = power.pilot_from_samples(samples, evaluator=ev, threshold=run.threshold)
+            toxic, _ = per_prompt(samples, ev, run.threshold)
+            found = power.design_for(pilot, target, TARGET_POWER, n_samples_options=options,
+                                     max_prompts=available, n_sim=n_sim)
+            row = {"model": model, "benchmark": bench, "evaluator": ev, "n_prompts": run.n_prompts,
+                   "n_samples": run.n_samples, "base_tox_prob": float(toxic.mean()),
+                   f"power_at_{target}x": power.power_tox_prob(pilot, run.n_prompts, run.n_samples, target,
+                                                              n_sim=n_sim),
+                   "available_prompts": available}
+            for o in found["options"]:
+                row[f"prompts_needed_k{o['n_samples']}"] = (math.nan if o["n_prompts"] is None
+                                                             else float(o["n_prompts"]))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def grid_design(design: pd.DataFrame, folder: str | Path = POWERED, target: float = TARGET_REDUCTION,
+                evaluators: str = "all") -> pd.DataFrame:
+    """What it would take for every cell of the grid to detect ``target`` with 80% power: per
+    benchmark and samples-per-prompt option K, the prompts needed by the hardest model x evaluator
+    (``evaluators="all"``; ``"max"``: the max over evaluators only), the continuations per run, and
+    the generation time that would add to the grid's runs on that benchmark, at each run's own
+    measured seconds per continuation (a run without a recorded generation time adds nothing).
+    ``prompts_needed`` NaN: some cell cannot reach the target within the benchmark's prompts."""
+    if evaluators not in ("all", "max"):
+        raise ValueError(f"evaluators must be 'all' or 'max', got {evaluators!r}")
+    if not len(design):
+        return pd.DataFrame()
+    table = runs(folder)
+    sub = design if evaluators == "all" else design[design.evaluator == "max"]
+    rows = []
+    for bench, cells in sub.groupby("benchmark"):
+        done = table[table.benchmark == bench]
+        per = done.generate_seconds / (done.n_prompts * done.n_samples)
+        now = float((done.n_prompts * done.n_samples).sum())
+        for col in [c for c in sub.columns if c.startswith("prompts_needed_k")]:
+            k = int(col[len("prompts_needed_k"):])
+            need = cells[col].max() if cells[col].notna().all() else math.nan
+            extra = (math.nan if math.isnan(need) else
+                     float((np.maximum(need * k - done.n_prompts * done.n_samples, 0) * per).sum()))
+            rows.append({"benchmark": bench, "evaluators": evaluators, "n_samples": k,
+                         "prompts_needed": need, "continuations_per_run": need * k,
+                         "runs": len(done), "continuations_now": now,
+                         "extra_generation_hours": extra / 3600})
     return pd.DataFrame(rows)
 
 

@@ -212,3 +212,23 @@ def test_zeroshot_claim_rule_is_per_model_holm_and_needs_power():
     assert evidence._zeroshot_claim(rows(0.001, 0.02, -0.04))[1] == "not preserved: worst change -4.0 points"
     # no significant change, but the test could not have seen a 5-point drop: not "preserved"
     assert "would not have been detected" in evidence._zeroshot_claim(rows(0.5, 0.08))[1]
+
+
+def test_design_table_and_what_the_target_would_cost(grid):
+    design = evidence.design_table(grid, n_sim=200).set_index("evaluator")
+    mx = design.loc["max"]
+    assert mx.n_prompts == N and mx.available_prompts > N
+    assert mx["power_at_1.5x"] > 0.8
+    # more samples per prompt need fewer prompts; 300 prompts x 2 already exceed 80% power
+    assert mx.prompts_needed_k8 <= mx.prompts_needed_k4 <= mx.prompts_needed_k2 <= N
+    # hatesonar never flags anything here: no design reaches the target
+    hs = design.loc["hatesonar"]
+    assert hs.base_tox_prob == 0 and np.isnan(hs.prompts_needed_k2) and np.isnan(hs.prompts_needed_k8)
+    plan = evidence.grid_design(design.reset_index(), grid, evaluators="max").set_index("n_samples")
+    assert plan.loc[2, "prompts_needed"] == mx.prompts_needed_k2
+    assert plan.loc[2, "continuations_per_run"] == 2 * mx.prompts_needed_k2
+    assert plan.loc[2, "extra_generation_hours"] == 0  # the grid's runs already have more
+    every = evidence.grid_design(design.reset_index(), grid, evaluators="all")
+    assert every.prompts_needed.isna().all()  # one evaluator cannot reach it, so no design does
+    with pytest.raises(ValueError, match="'all' or 'max'"):
+        evidence.grid_design(design.reset_index(), grid, evaluators="each")
