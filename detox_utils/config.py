@@ -27,7 +27,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 # Fields added after results were published enter the config hash only when they differ from these
 # defaults, so every published result keeps its hash (and a rerun of its grid still skips it).
 _HASHED_IF_NOT = {"dtype": "float32", "control_seed": None, "ppl_prefix": "auto", "n_zeroshot": 0,
-                  "zeroshot_tasks": list(registry.ZEROSHOT_TASKS)}
+                  "zeroshot_tasks": list(registry.ZEROSHOT_TASKS), "prompt_start": 0, "sample_start": 0}
 PPL_PREFIXES = ("auto", "doc-start", "none")
 ZEROSHOT_TASKS = registry.ZEROSHOT_TASKS
 MAX_NEW_TOKENS = 512
@@ -152,6 +152,11 @@ class EvalConfig:
     ppl_prefix: str = "auto"
     n_zeroshot: int = 0
     zeroshot_tasks: tuple[str, ...] = ZEROSHOT_TASKS
+    # an extension of a run: prompts prompt_start .. prompt_start + n_prompts - 1 of the benchmark's
+    # nested sample and samples sample_start .. sample_start + n_samples - 1 of each, drawn from the
+    # same (seed, prompt, sample) streams as one larger run (`detox_utils.evidence` pools them)
+    prompt_start: int = 0
+    sample_start: int = 0
 
     def __post_init__(self) -> None:
         _check(isinstance(self.model, str) and bool(self.model), "model", self.model,
@@ -188,6 +193,12 @@ class EvalConfig:
             value = getattr(self, name)
             _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                    name, value, "an integer >= 1")
+        for name in ("prompt_start", "sample_start"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 0, name, value,
+                   "an integer >= 0 (0: a run of its own; > 0: an extension of the run that starts at 0)")
+        _check(self.n_zeroshot == 0 or not self.is_extension, "n_zeroshot", self.n_zeroshot,
+               "0 for an extension (prompt_start or sample_start > 0): its run measures the zero-shot cost")
         _check(isinstance(self.n_boot, int) and self.n_boot >= 0, "n_boot", self.n_boot,
                "an integer >= 0 (0 disables bootstrap intervals)")
         _check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
@@ -247,6 +258,11 @@ class EvalConfig:
         return stable_hash(_hash_dict(self.to_dict()))
 
     torch_dtype = property(_torch_dtype)
+
+    @property
+    def is_extension(self) -> bool:
+        """More prompts or samples for a run that starts at prompt 0, sample 0 (pooled by the analysis)."""
+        return self.prompt_start > 0 or self.sample_start > 0
 
     def fit_key(self) -> dict[str, Any]:
         """What the fitted intervention depends on (not the benchmark, sampling or sizes of eval)."""

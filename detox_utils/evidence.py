@@ -19,6 +19,7 @@ is read both ways (`detox_utils.stats.preprompt_readings`).
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -30,12 +31,15 @@ from . import power, registry, results, stats
 from ._io import REPO_ROOT
 
 POWERED = REPO_ROOT / "results" / "powered"
+log = logging.getLogger(__name__)
 ALPHA = 0.05
 TARGET_REDUCTION = 1.5  # what the powered profile is sized to detect
 ZEROSHOT_MDE_MAX = 0.05  # "preserved" needs a test that would have seen a 5-point change of accuracy
 MAX_PPL_INCREASE = 0.25  # a reduction counts only at a corpus-perplexity increase of at most this
 N_SIM = 1000  # power simulations per MDE: one default, so every page computes the same MDEs
 TARGET_POWER = 0.8
+# profiles that extend the powered grid's runs (more prompts or samples, pooled into them by `runs`)
+EXTENSIONS = ("powered-extend-rtp", "powered-extend-slur")
 
 
 def setting_label(method: str, params: Mapping) -> str:
@@ -43,16 +47,53 @@ def setting_label(method: str, params: Mapping) -> str:
     return registry.method_label(method, params)
 
 
+# what an extension may differ in from the run it extends (the rest of the config must be equal)
+_EXTENSION_FIELDS = ("prompt_start", "sample_start", "n_prompts", "n_samples", "n_zeroshot")
+
+
+def _pool_key(cfg: Mapping) -> str:
+    return json.dumps({k: v for k, v in cfg.items() if k not in _EXTENSION_FIELDS}, sort_keys=True, default=str)
+
+
+def pooled_design(parts: Iterable[tuple[int, int, int, int]]) -> tuple[int, int]:
+    """The largest complete prompts x samples rectangle from 0 that the parts cover: each part is
+    ``(prompt_start, n_prompts, sample_start, n_samples)``. Returns ``(n_prompts, n_samples)`` with
+    the most continuations (ties: more prompts), (0, 0) when the parts do not cover prompt 0, sample 0."""
+    parts = list(parts)
+    if not parts:
+        return 0, 0
+    height = max(p0 + n for p0, n, _, _ in parts)
+    width = max(s0 + k for _, _, s0, k in parts)
+    cover = np.zeros((height, width), bool)
+    for p0, n, s0, k in parts:
+        cover[p0:p0 + n, s0:s0 + k] = True
+    best = (0, 0)
+    for k in range(1, width + 1):
+        full = cover[:, :k].all(axis=1)
+        n = int(np.argmin(full)) if not full.all() else height
+        if (n * k, n) > (best[0] * best[1], best[0]):
+            best = (n, k)
+    return best
+
+
 def runs(folder: str | Path = POWERED) -> pd.DataFrame:
     """One row per ok run: identity (model, benchmark, method, params, preprompt, control_seed, setting),
     design, capability (``ppl``, ``ppl_sentence``, ``zs.<task>`` accuracies and per-item strings),
-    diversity, and the commit it ran at."""
-    rows = []
+    diversity, and the commit it ran at.
+
+    Extensions of a run (``prompt_start`` or ``sample_start`` > 0, the rest of the config equal) are
+    pooled into it: ``parts`` lists the run's and its extensions' hashes, and ``n_prompts`` x
+    ``n_samples`` is the complete rectangle they cover (`pooled_design`). An extension whose
+    perplexity differs from its run's measured another edit and is left out (logged)."""
+    rows, extensions = [], {}
     for path in sorted(Path(folder).glob("*.json")):
         record = results.read_result(path)
         if record.get("status") != "ok":
             continue
         cfg, met, prov = record["config"], record["metrics"], record["provenance"]
+        if cfg.get("prompt_start", 0) or cfg.get("sample_start", 0):
+            extensions.setdefault(_pool_key(cfg), []).append(record)
+            continue
         row = {
             "config_hash": record["config_hash"], "model": cfg["model"], "benchmark": cfg["benchmark"],
             "method": cfg["method"], "params": json.dumps(cfg["method_params"], sort_keys=True),
@@ -63,6 +104,7 @@ def runs(folder: str | Path = POWERED) -> pd.DataFrame:
             "git_commit": prov.get("git_commit"), "created": record.get("created"),
             "seconds": sum(prov.get("timings", {}).values()),
             "generate_seconds": prov.get("timings", {}).get("generate", math.nan),
+            "pool_key": _pool_key(cfg), "parts": (record["config_hash"],), "n_extensions": 0,
         }
         for name, value in (met.get("diversity") or {}).items():
             row[name] = value
@@ -71,6 +113,8 @@ def runs(folder: str | Path = POWERED) -> pd.DataFrame:
             row[f"zs.{task}.per_char"] = rec["acc_per_char"]
             row[f"zs.{task}.correct"] = rec.get("correct")
         rows.append(row)
+    for row in rows:
+        _pool(row, extensions.get(row.pop("pool_key"), []))
     frame = pd.DataFrame(rows)
     if len(frame):
         frame["control_seed"] = frame["control_seed"].astype("object")
@@ -78,14 +122,48 @@ def runs(folder: str | Path = POWERED) -> pd.DataFrame:
     return frame
 
 
+def _pool(row: dict, extensions: list[dict]) -> None:
+    """Fold ``extensions`` (result records) into ``row`` (a `runs` row of the run they extend)."""
+    same = []
+    for ext in extensions:
+        ppl = ext["metrics"]["perplexity"]["corpus_ppl"]
+        if not math.isclose(ppl, row["ppl"], rel_tol=1e-6):
+            log.warning("extension %s of run %s left out: its perplexity %.6g differs from the run's %.6g, "
+                        "so it measured another edit", ext["config_hash"], row["config_hash"], ppl, row["ppl"])
+            continue
+        same.append(ext)
+    if not same:
+        return
+    parts = [(0, row["n_prompts"], 0, row["n_samples"])] + [
+        (e["config"]["prompt_start"], e["config"]["n_prompts"], e["config"]["sample_start"],
+         e["config"]["n_samples"]) for e in same]
+    row["n_prompts"], row["n_samples"] = pooled_design(parts)
+    row["parts"] = (row["config_hash"], *(e["config_hash"] for e in same))
+    row["n_extensions"] = len(same)
+    row["generate_seconds"] += sum(e["provenance"].get("timings", {}).get("generate", 0.0) for e in same)
+
+
 def zeroshot_tasks(table: pd.DataFrame) -> list[str]:
     return sorted(c[3:] for c in table.columns if c.startswith("zs.") and c.count(".") == 1)
 
 
-def _samples(folder: Path, config_hash: str, cache: dict) -> pd.DataFrame:
-    if config_hash not in cache:
-        cache[config_hash] = results.load_samples(folder, config_hash)
-    return cache[config_hash]
+def _samples(folder: Path, run, cache: dict) -> pd.DataFrame:
+    """A `runs` row's samples: its own and its extensions', on its pooled prompts x samples."""
+    key = tuple(run.parts)
+    if key not in cache:
+        frame = pd.concat([results.load_samples(folder, h) for h in key], ignore_index=True)
+        frame = frame[(frame.prompt_id < run.n_prompts) & (frame.sample_id < run.n_samples)]
+        cache[key] = frame.sort_values(["prompt_id", "sample_id"], ignore_index=True)
+    return cache[key]
+
+
+def _aligned(*frames: pd.DataFrame) -> list[pd.DataFrame]:
+    """The runs' samples on the prompts x samples all of them have (runs extended to different sizes
+    are compared on what they share)."""
+    n = min(int(f.prompt_id.max()) + 1 for f in frames)
+    k = min(int(f.sample_id.max()) + 1 for f in frames)
+    return [f if (f.prompt_id.max() + 1, f.sample_id.max() + 1) == (n, k)
+            else f[(f.prompt_id < n) & (f.sample_id < k)] for f in frames]
 
 
 def per_prompt(frame: pd.DataFrame, evaluator: str, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -118,7 +196,7 @@ def power_table(folder: str | Path = POWERED, n_sim: int = N_SIM,
         return pd.DataFrame(rows)
     for (model, bench), base in _baselines(table).groupby(level=[0, 1]):
         run = base.iloc[0]
-        samples = _samples(folder, run.config_hash, cache)
+        samples = _samples(folder, run, cache)
         for ev in [*evaluators_of(samples)]:
             pilot = power.pilot_from_samples(samples, evaluator=ev, threshold=run.threshold)
             toxic, _ = per_prompt(samples, ev, run.threshold)
@@ -150,7 +228,7 @@ def design_table(folder: str | Path = POWERED, target: float = TARGET_REDUCTION,
     rows, cache = [], {}
     for (model, bench), base in _baselines(table).groupby(level=[0, 1]):
         run = base.iloc[0]
-        samples = _samples(folder, run.config_hash, cache)
+        samples = _samples(folder, run, cache)
         available = len(data.prompts(bench))
         for ev in evaluators_of(samples):
             pilot = power.pilot_from_samples(samples, evaluator=ev, threshold=run.threshold)
@@ -246,12 +324,13 @@ def effects(folder: str | Path = POWERED, evaluators: Iterable[str] | None = Non
             continue
         base = bases.loc[(run.model, run.benchmark)]
         base = base.iloc[0] if isinstance(base, pd.DataFrame) else base
-        bs, rs = _samples(folder, base.config_hash, cache), _samples(folder, run.config_hash, cache)
         controls = table[(table.model == run.model) & (table.benchmark == run.benchmark)
                          & (table.method == run.method) & (table.params == run.params)
                          & (table.preprompt == run.preprompt) & table.control_seed.notna()]
+        bs, rs, *cs = _aligned(_samples(folder, base, cache), _samples(folder, run, cache),
+                               *(_samples(folder, ctl, cache) for _, ctl in controls.iterrows()))
         names = list(evaluators) if evaluators else evaluators_of(rs)
-        idx = stats.paired_bootstrap_indices(len(bs) // base.n_samples, n_boot, seed)
+        idx = stats.paired_bootstrap_indices(int(bs.prompt_id.nunique()), n_boot, seed)
         zs = _zeroshot_cost(base, run, tasks)
         for ev in names:
             bt, bm = per_prompt(bs, ev, run.threshold)
@@ -271,8 +350,8 @@ def effects(folder: str | Path = POWERED, evaluators: Iterable[str] | None = Non
                 "n_controls": len(controls),
             }
             cfac, cppl, cps, ctox = [], [], [], []
-            for _, ctl in controls.iterrows():
-                ct, _ = per_prompt(_samples(folder, ctl.config_hash, cache), ev, run.threshold)
+            for (_, ctl), cframe in zip(controls.iterrows(), cs):
+                ct, _ = per_prompt(cframe, ev, run.threshold)
                 cfac.append(stats.ratio_with_ci(bt, ct, idx=idx)["factor"])
                 cppl.append(ctl.ppl / base.ppl - 1)
                 ctox.append(ct)
@@ -541,8 +620,8 @@ def preprompt_table(folder: str | Path = POWERED, evaluator: str = "max", n_boot
         need = [("none", False), ("aura", False), ("none", True), ("aura", True)]
         if not all(k in pick for k in need):
             continue
-        ind = [per_prompt(_samples(folder, pick[k].config_hash, cache), evaluator, pick[k].threshold)[0]
-               for k in need]
+        frames = _aligned(*(_samples(folder, pick[k], cache) for k in need))
+        ind = [per_prompt(f, evaluator, pick[k].threshold)[0] for f, k in zip(frames, need)]
         rd = stats.preprompt_readings(*ind, n_boot=n_boot)
         rows.append({"model": model, "benchmark": bench,
                      "i_aura": rd["i"]["aura"]["factor"], "i_aura_pre": rd["i"]["aura_pre"]["factor"],
@@ -573,12 +652,11 @@ def grid_status(folder: str | Path = POWERED, profile: str = "powered") -> pd.Da
     from . import batch
 
     planned = batch.plan(batch.get_profile(profile), folder)
-    table = runs(folder) if Path(folder).is_dir() else pd.DataFrame()
     rows = []
     for model in dict.fromkeys(r.config.model for r in planned):
         mine = [r for r in planned if r.config.model == model]
-        done = table[table.model == model] if len(table) else table
-        commits = sorted(c[:12] for c in done.git_commit.dropna().unique()) if len(done) else []
+        commits = sorted({(results.read_result(r.result_path)["provenance"].get("git_commit") or "")[:12]
+                          for r in mine if r.done} - {""})
         rows.append({"model": model, "runs done": sum(r.done for r in mine), "runs planned": len(mine),
                      "commits": ", ".join(commits) or "—"})
     return pd.DataFrame(rows)

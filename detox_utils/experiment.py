@@ -89,14 +89,15 @@ def _fitted(cfg: EvalConfig, lm: models.LoadedModel, progress: bool, published: 
 
 def generate(cfg: EvalConfig, lm: models.LoadedModel, method, progress: bool = True) -> pd.DataFrame:
     """Continuations of the benchmark prompts with the intervention folded into the weights."""
-    prompts = data.prompts(cfg.benchmark, n=cfg.n_prompts, seed=cfg.seed)
+    # the benchmark's nested sample: an extension (prompt_start > 0) takes the prompts after its run's
+    prompts = data.prompts(cfg.benchmark, n=cfg.prompt_start + cfg.n_prompts, seed=cfg.seed)[cfg.prompt_start:]
     preprompt = generation.DEFAULT_PREPROMPT if cfg.preprompt else None
     with method.apply(lm, fold=True):
         return generation.generate(
             lm, prompts, n_samples=cfg.n_samples, max_new_tokens=cfg.max_new_tokens,
             top_p=cfg.top_p, temperature=cfg.temperature, seed=cfg.seed,
             batch_size=cfg.batch_size, preprompt=preprompt, chat_template=cfg.chat_template,
-            progress=progress)
+            progress=progress, prompt_offset=cfg.prompt_start, sample_offset=cfg.sample_start)
 
 
 def perplexity(cfg: EvalConfig, lm: models.LoadedModel, method, progress: bool = True) -> dict:

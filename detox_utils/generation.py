@@ -220,7 +220,7 @@ def generate(lm, prompts: Sequence[str], n_samples: int = 25, max_new_tokens: in
              top_p: float = 0.9, temperature: float = 1.0, seed: int = 0, batch_size: int = 64,
              preprompt: str | None = None, chat_template: bool = False,
              repetition_penalty: float = 1.0, do_sample: bool = True,
-             progress: bool = True) -> pd.DataFrame:
+             progress: bool = True, prompt_offset: int = 0, sample_offset: int = 0) -> pd.DataFrame:
     """Sample ``n_samples`` continuations of up to ``max_new_tokens`` tokens for every prompt.
 
     ``lm``: a `detox_utils.models.LoadedModel` (pad token set). ``preprompt`` is prepended to every
@@ -229,13 +229,22 @@ def generate(lm, prompts: Sequence[str], n_samples: int = 25, max_new_tokens: in
     before the first EOS token; ``n_new_tokens`` counts its tokens (EOS excluded). See the module
     docstring for what the seed makes reproducible.
 
+    ``prompt_offset`` / ``sample_offset`` extend a larger run: ``prompts`` are that run's prompts
+    from position ``prompt_offset`` on, and the samples drawn are ``sample_offset`` ..
+    ``sample_offset + n_samples - 1``, each from its own (seed, prompt_id, sample_id) stream, so they
+    are the continuations the larger run would draw for those rows.
+
     Returns a DataFrame with one row per (prompt, sample), ordered by ``prompt_id`` then ``sample_id``:
-    ``prompt_id`` (position in ``prompts``), ``sample_id`` (0..n_samples-1), ``prompt`` (as given,
+    ``prompt_id`` (``prompt_offset`` + position in ``prompts``), ``sample_id`` (``sample_offset`` ..
+    ``sample_offset + n_samples - 1``), ``prompt`` (as given,
     without the pre-prompt), ``continuation`` (decoded new text only) and ``n_new_tokens``.
     """
     prompts = _validate(prompts, n_samples, max_new_tokens, top_p, temperature, seed, batch_size,
                         preprompt, repetition_penalty,
                         {"chat_template": chat_template, "do_sample": do_sample, "progress": progress})
+    for name, value in (("prompt_offset", prompt_offset), ("sample_offset", sample_offset)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
     tokenizer = lm.tokenizer
     if tokenizer.pad_token_id is None:
         raise ValueError(f"the tokenizer of {lm.name!r} has no pad token; load models with "
@@ -250,7 +259,8 @@ def generate(lm, prompts: Sequence[str], n_samples: int = 25, max_new_tokens: in
     for batch in tqdm(batches, desc="generate", unit="batch", disable=not progress):
         ids = [encoded[p] for _, p, _ in batch]
         generated = _generate_batch(
-            lm, ids, [(seed, p, s) for _, p, s in batch], max_new_tokens=max_new_tokens, top_p=top_p,
+            lm, ids, [(seed, p + prompt_offset, s + sample_offset) for _, p, s in batch],
+            max_new_tokens=max_new_tokens, top_p=top_p,
             temperature=temperature, repetition_penalty=repetition_penalty, do_sample=do_sample,
             stop_ids=stop_ids)
         for (_, p, s), row in zip(batch, generated):
@@ -259,8 +269,8 @@ def generate(lm, prompts: Sequence[str], n_samples: int = 25, max_new_tokens: in
     continuations = _decode_continuations(tokenizer, [encoded[p] for p, _ in keys],
                                           [new_ids[k] for k in keys])
     return pd.DataFrame({
-        "prompt_id": [p for p, _ in keys],
-        "sample_id": [s for _, s in keys],
+        "prompt_id": [p + prompt_offset for p, _ in keys],
+        "sample_id": [s + sample_offset for _, s in keys],
         "prompt": [prompts[p] for p, _ in keys],
         "continuation": continuations,
         "n_new_tokens": [len(new_ids[k]) for k in keys],

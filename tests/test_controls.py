@@ -92,11 +92,17 @@ def test_config_new_fields_validate_and_keep_old_hashes():
     assert EvalConfig(method="aura", control_seed=None, ppl_prefix="auto", n_zeroshot=0).config_hash \
         == old.config_hash
     assert EvalConfig(method="aura", control_seed=1).config_hash != old.config_hash
+    assert EvalConfig(method="aura", prompt_start=0, sample_start=0).config_hash == old.config_hash
+    ext = EvalConfig(method="aura", prompt_start=50)
+    assert ext.is_extension and not old.is_extension and ext.config_hash != old.config_hash
     assert EvalConfig(method="aura", zeroshot_tasks="piqa, hellaswag").zeroshot_tasks == ("piqa", "hellaswag")
     for bad, match in [({"method": "none", "control_seed": 0}, "control_seed"),
                        ({"method": "aura", "control_seed": -2}, "control_seed"),
                        ({"ppl_prefix": "bos"}, "ppl_prefix"),
                        ({"n_zeroshot": -1}, "n_zeroshot"),
+                       ({"prompt_start": -1}, "prompt_start"),
+                       ({"sample_start": True}, "sample_start"),
+                       ({"sample_start": 2, "n_zeroshot": 200}, "0 for an extension"),
                        ({"zeroshot_tasks": ["mmlu"]}, "zeroshot_tasks"),
                        ({"max_new_tokens": 100000}, "max_new_tokens"),
                        ({"method": "damp", "method_params": {"alpha": 2.0}}, "a dampening"),

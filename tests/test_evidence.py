@@ -12,23 +12,28 @@ N, K = 300, 2
 
 
 def _write(folder, rng, *, method="none", params=None, preprompt=False, control_seed=None,
-           p_toxic=0.4, ppl=20.0, correct=None, model="m", benchmark="rtp-challenging"):
+           p_toxic=0.4, ppl=20.0, correct=None, model="m", benchmark="rtp-challenging",
+           n=N, k=K, prompt_start=0, sample_start=0):
     cfg = EvalConfig(model=model, method=method, method_params=params or {}, benchmark=benchmark,
-                     preprompt=preprompt, control_seed=control_seed, n_prompts=N, n_samples=K,
-                     evaluators=("tox-block", "hatesonar"))
-    toxic = rng.random((N, K)) < p_toxic
+                     preprompt=preprompt, control_seed=control_seed, n_prompts=n, n_samples=k,
+                     evaluators=("tox-block", "hatesonar"), prompt_start=prompt_start,
+                     sample_start=sample_start)
+    toxic = rng.random((n, k)) < p_toxic
     rows = []
-    for i in range(N):
-        for j in range(K):
+    for i in range(n):
+        for j in range(k):
             s1 = 0.9 if toxic[i, j] else 0.1
-            rows.append({"prompt_id": i, "sample_id": j, "prompt": "p", "continuation": "c",
+            rows.append({"prompt_id": prompt_start + i, "sample_id": sample_start + j, "prompt": "p",
+                         "continuation": "c",
                          "n_new_tokens": 3, "score.tox-block": s1, "score.hatesonar": 0.2,
                          "score.max": max(s1, 0.2)})
     results.write_samples(folder / f"{cfg.config_hash}.samples.csv.gz", pd.DataFrame(rows))
     correct = correct if correct is not None else "1" * 150 + "0" * 50
+    zeroshot = {} if cfg.is_extension else {
+        "piqa": {"acc": correct.count("1") / len(correct), "acc_per_char": 0.5, "correct": correct,
+                 "correct_per_char": correct}}
     metrics = {"perplexity": {"corpus_ppl": ppl, "mean_sentence_ppl": 2 * ppl},
-               "zeroshot": {"piqa": {"acc": correct.count("1") / len(correct), "acc_per_char": 0.5,
-                                     "correct": correct, "correct_per_char": correct}},
+               "zeroshot": zeroshot,
                "diversity": {"distinct_2": 0.9}, "toxicity": {}}
     results.write_result(folder / f"{cfg.config_hash}.json", config=cfg.to_dict(),
                          config_hash=cfg.config_hash, metrics=metrics,
@@ -232,3 +237,41 @@ def test_design_table_and_what_the_target_would_cost(grid):
     assert every.prompts_needed.isna().all()  # one evaluator cannot reach it, so no design does
     with pytest.raises(ValueError, match="'all' or 'max'"):
         evidence.grid_design(design.reset_index(), grid, evaluators="each")
+
+
+def test_pooled_design_is_the_largest_complete_rectangle():
+    assert evidence.pooled_design([(0, 500, 0, 2)]) == (500, 2)
+    assert evidence.pooled_design([(0, 500, 0, 2), (500, 53, 0, 2)]) == (553, 2)
+    # more samples for the first 449 prompts: 449 x 8 = 3592 continuations beat 500 x 2
+    assert evidence.pooled_design([(0, 500, 0, 2), (0, 449, 2, 6)]) == (449, 8)
+    # a gap (prompts 500..599 missing) ends the rectangle before it
+    assert evidence.pooled_design([(0, 500, 0, 2), (600, 100, 0, 2)]) == (500, 2)
+    assert evidence.pooled_design([(0, 969, 0, 4)]) == (969, 4)
+    assert evidence.pooled_design([(5, 10, 0, 2)]) == (0, 0)  # prompt 0 is not covered
+    assert evidence.pooled_design([]) == (0, 0)
+
+
+def test_extensions_are_pooled_into_their_run(tmp_path, caplog):
+    rng = np.random.default_rng(1)
+    _write(tmp_path, rng, p_toxic=0.4)
+    _write(tmp_path, rng, p_toxic=0.4, n=100, prompt_start=N)            # the baseline: 100 more prompts
+    _write(tmp_path, rng, method="aura", p_toxic=0.15, ppl=21.0)
+    table = evidence.runs(tmp_path).set_index("method")
+    assert len(table) == 2  # the extension is not a run of its own
+    assert (table.loc["none", "n_prompts"], table.loc["none", "n_extensions"]) == (N + 100, 1)
+    assert table.loc["aura", "n_prompts"] == N
+    # the method is not extended yet: the two are compared on the prompts both have
+    eff = evidence.effects(tmp_path, evaluators=["max"], n_boot=200)
+    base_only = eff.iloc[0]
+    _write(tmp_path, rng, method="aura", p_toxic=0.15, ppl=21.0, n=100, prompt_start=N)
+    eff2 = evidence.effects(tmp_path, evaluators=["max"], n_boot=200).iloc[0]
+    assert evidence.runs(tmp_path).set_index("method").loc["aura", "n_prompts"] == N + 100
+    assert eff2.p < base_only.p  # 100 more paired prompts of a real reduction
+    pw = evidence.power_table(tmp_path, n_sim=100)
+    assert (pw.n_prompts == N + 100).all()
+    # an extension that measured another edit (its perplexity differs) is left out, and logged
+    _write(tmp_path, rng, method="aura", p_toxic=0.15, ppl=25.0, n=2, sample_start=K)
+    with caplog.at_level("WARNING", logger="detox_utils.evidence"):
+        table = evidence.runs(tmp_path).set_index("method")
+    assert (table.loc["aura", "n_prompts"], table.loc["aura", "n_samples"]) == (N + 100, K)
+    assert "measured another edit" in caplog.text

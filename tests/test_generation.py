@@ -71,6 +71,21 @@ def test_tokens_do_not_depend_on_batch_size_or_other_prompts(tiny_llama):
         reference.query("prompt_id == 3")["continuation"].tolist()
 
 
+def test_an_extension_draws_what_the_larger_run_draws(tiny_llama):
+    """More prompts (prompt_offset) or more samples (sample_offset) give exactly the rows a single larger
+    run would have, with its ids: the grid can be extended instead of rerun."""
+    whole = _generate(tiny_llama, n_samples=5)
+    cols = ["prompt_id", "sample_id", "continuation", "n_new_tokens"]
+    more_prompts = _generate(tiny_llama, prompts=PROMPTS[2:], n_samples=5, prompt_offset=2)
+    assert more_prompts[cols].reset_index(drop=True).equals(
+        whole[whole.prompt_id >= 2][cols].reset_index(drop=True))
+    more_samples = _generate(tiny_llama, n_samples=2, sample_offset=3)
+    assert more_samples[cols].reset_index(drop=True).equals(
+        whole[whole.sample_id >= 3][cols].reset_index(drop=True))
+    with pytest.raises(ValueError, match="sample_offset must be an int >= 0"):
+        _generate(tiny_llama, sample_offset=-1)
+
+
 def test_batched_greedy_equals_unbatched_reference(tiny_any):
     """Left padding + KV cache in a batch give the tokens of a one-prompt, no-cache greedy loop."""
     df = _generate(tiny_any, n_samples=2, max_new_tokens=7, do_sample=False, batch_size=8)
