@@ -48,6 +48,32 @@ def test_smoke_profile(tmp_path):
     # a rerun of a finished batch skips everything
     again = batch.run_batch("smoke", out, progress=False)
     assert {s["status"] for s in again} == {"skipped"}
+    _extensions_pool_into_their_runs(out, tmp_path)
+
+
+def _extensions_pool_into_their_runs(out: Path, tmp_path: Path) -> None:
+    """Two more prompts for two smoke runs: the extension draws exactly what one 5-prompt run draws for
+    prompts 3 and 4, and the analysis pools it into its run."""
+    from detox_utils import evidence
+
+    summaries = batch.run_batch("smoke-extend", out, progress=False)
+    assert {s["status"] for s in summaries} == {"ok"}, summaries
+    table = evidence.runs(out).set_index(["method", "preprompt"])
+    assert table.loc[("none", False), ["n_prompts", "n_samples", "n_extensions"]].tolist() == [5, 2, 1]
+    assert table.loc[("det0", False), "n_prompts"] == 5 and table.loc[("aura", False), "n_prompts"] == 3
+    ext = next(s for s in summaries if "det0" not in s["label"])
+    pm.execute_notebook(str(ROOT / "notebooks" / "evaluate.ipynb"), str(tmp_path / "whole.ipynb"),
+                        parameters={"model": "smollm2-135m", "n_prompts": 5, "n_samples": 2,
+                                    "max_new_tokens": 8, "n_contrast": 24, "n_ppl": 6, "n_boot": 50,
+                                    "n_zeroshot": 0, "batch_size": 64, "ppl_corpus": "xsum",
+                                    "ppl_prefix": "auto", "evaluators": ["tox-block", "alt-profanity-check",
+                                                                         "hatesonar"],
+                                    "result_dir": str(tmp_path / "whole"), "progress": False},
+                        cwd=str(ROOT / "notebooks"), progress_bar=False)
+    whole = results.load_samples(tmp_path / "whole", next((tmp_path / "whole").glob("*.json")).stem)
+    part = results.load_samples(out, ext["config_hash"])
+    cols = ["prompt_id", "sample_id", "continuation", "score.max"]
+    assert part[cols].reset_index(drop=True).equals(whole[whole.prompt_id >= 3][cols].reset_index(drop=True))
 
 
 def test_localize_notebook(tmp_path):
