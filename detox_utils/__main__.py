@@ -9,8 +9,9 @@ whose result is missing) and ``python -m detox_utils run NOTEBOOK OUTPUT -p NAME
 
 The maintainer tools are subcommands too, each with its own options (``python -m detox_utils TOOL
 --help``): ``book`` (`detox_utils.report.build`: ``book build [--results DIR]``, ``book retitle``),
-``curate`` (`detox_utils.curate`), ``validate-evaluators`` (`detox_utils.validate_evaluators`) and
-``screenshots`` (`detox_utils.screenshots`); ``python -m <module>`` runs each of them as well.
+``curate`` (`detox_utils.curate`), ``validate-evaluators`` (`detox_utils.validate_evaluators`),
+``screenshots`` (`detox_utils.screenshots`) and ``findings`` (`detox_utils.report.findings`: the
+README's findings block); ``python -m <module>`` runs each of them as well.
 
 A user error (a bad profile, option, folder or file) ends with exit status 2 and one line on stderr
 saying what is wrong and what is allowed, never a traceback."""
@@ -36,6 +37,8 @@ TOOLS = {
     "validate-evaluators": ("detox_utils.validate_evaluators",
                             "validate the evaluators on the labelled insults (writes results/evaluators)"),
     "screenshots": ("detox_utils.screenshots", "headless-Chromium screenshots of the built book's pages"),
+    "findings": ("detox_utils.report.findings", "write the README's findings block from the committed results "
+                                                "(--check: compare only)"),
 }
 
 

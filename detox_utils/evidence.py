@@ -453,7 +453,7 @@ def reduction_verdict(sub: pd.DataFrame, mde: pd.Series, claimed: float) -> str:
     at equal damage but wins at equal perplexity (interpolated interval above 1) says so."""
     if not len(sub):
         return "no runs yet"
-    counts: dict[str, int] = {}
+    counts: dict[str, list[str]] = {}
     for r in sub.itertuples():
         m = mde.get((r.model, r.benchmark), math.inf)
         lo = r.lo if not math.isnan(r.lo) else 0.0
@@ -468,8 +468,11 @@ def reduction_verdict(sub: pd.DataFrame, mde: pd.Series, claimed: float) -> str:
             v = "reduces more than random units at equal damage, not at equal perplexity (interpolated)"
         elif v == "reproduces" and not r.n_controls:
             v = "reduces (control not run yet)"
-        counts[v] = counts.get(v, 0) + 1
-    return "; ".join(f"{v} in {n} of {len(sub)} cells" for v, n in sorted(counts.items(), key=lambda t: -t[1]))
+        counts.setdefault(v, []).append(f"{r.model}/{r.benchmark}")
+    # the cells are named for every verdict but the one that holds in all of them
+    return "; ".join(f"{v} in {len(cells)} of {len(sub)} cells"
+                     + (f" ({', '.join(cells)})" if len(cells) < len(sub) else "")
+                     for v, cells in sorted(counts.items(), key=lambda t: -len(t[1])))
 
 
 def localization_claims(loc_records: list[dict], site: str = "post") -> tuple[list[dict], dict]:

@@ -118,6 +118,11 @@ def test_reduction_verdict_at_equal_perplexity():
         "reduces more than random units at equal damage, not at equal perplexity")
     tied = cheap.assign(equal_ppl_lo=0.9)
     assert evidence.reduction_verdict(tied, mde, 1.5).startswith("reduces, but not more than random units")
+    # a mixed verdict names the cells of each part
+    two = pd.concat([cheap, dear.assign(benchmark="slur-prefixes")], ignore_index=True)
+    mde2 = pd.Series({("m", "rtp-challenging"): 1.3, ("m", "slur-prefixes"): 1.3})
+    text = evidence.reduction_verdict(two, mde2, 1.5)
+    assert "in 1 of 2 cells (m/rtp-challenging)" in text and "in 1 of 2 cells (m/slur-prefixes)" in text
     # a frame without the equal-perplexity columns (older callers) keeps the equal-damage rule
     old = cheap.drop(columns=["equal_ppl_ratio", "equal_ppl_lo", "equal_ppl_hi"]).assign(beats_control=True)
     assert evidence.reduction_verdict(old, mde, 1.5) == "reproduces in 1 of 1 cells"
