@@ -171,7 +171,8 @@ def _batch(args: argparse.Namespace) -> int:
         known = [x for x in planned if x == x]
         if planned:
             print(f"estimated wall time of the {len(known)} planned runs with a measured peer: "
-                  f"{sum(known) / 3600:.1f} h (median of finished runs of the same model and method); "
+                  f"{sum(known) / 3600:.1f} h (median of finished runs of the same model and method; an "
+                  "extension: the run it extends, its generation scaled by the continuations); "
                   f"{len(planned) - len(known)} planned runs have no measurement yet")
     return 1 if failed else 0
 

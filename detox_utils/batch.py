@@ -371,6 +371,48 @@ def estimate_seconds(runs: list[PlannedRun]) -> dict[str, float]:
             cap = next((statistics.median(cap_cost[k]) for k in ((model, r.config.control_seed is None),
                                                                (model,)) if k in cap_cost), 0.0)
         out[r.config.config_hash] = float(base + cap)
+    out.update(_extension_estimates([r for r in runs if not r.done and r.config.config_hash not in out
+                                     and r.config.is_extension]))
+    return out
+
+
+def _extension_estimates(runs: list[PlannedRun]) -> dict[str, float]:
+    """An extension run (more prompts or samples of a finished run) with no finished peer in its plan:
+    the finished run it extends, in the same folder, with its generation and scoring scaled by the
+    ratio of continuations, load and fit as they were, and for the capability step (perplexity only:
+    an extension scores no zero-shot items) the median of the finished runs of the model that scored
+    none."""
+    if not runs:
+        return {}
+    from .config import extension_key
+
+    parents: dict[str, dict] = {}
+    for folder in {r.result_path.parent for r in runs}:
+        for path in folder.glob("*.json"):
+            try:
+                rec = results.read_result(path)
+            except (ValueError, OSError):
+                continue
+            cfg = rec.get("config", {})
+            if rec.get("status") == "ok" and not (cfg.get("prompt_start") or cfg.get("sample_start")):
+                parents[extension_key(cfg)] = rec
+    ppl_only: dict[str, list[float]] = {}
+    for rec in parents.values():
+        if not rec["config"].get("n_zeroshot", 0):
+            ppl_only.setdefault(rec["config"]["model"], []).append(
+                float(rec["provenance"].get("timings", {}).get("capability", 0.0)))
+    out = {}
+    for r in runs:
+        parent = parents.get(extension_key(r.config.to_dict()))
+        if parent is None:
+            continue
+        t = parent["provenance"].get("timings", {})
+        pc = parent["config"]
+        ratio = (r.config.n_prompts * r.config.n_samples) / (pc["n_prompts"] * pc["n_samples"])
+        scaled = float(t.get("generate", 0.0)) + float(t.get("score", 0.0))
+        cap = statistics.median(ppl_only.get(r.config.model, [float(t.get("capability", 0.0))]))
+        fixed = sum(t.values()) - scaled - float(t.get("capability", 0.0))
+        out[r.config.config_hash] = float(fixed + cap + ratio * scaled)
     return out
 
 

@@ -7,6 +7,7 @@ allowed, not twenty minutes later inside a forward pass.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -31,6 +32,17 @@ _HASHED_IF_NOT = {"dtype": "float32", "control_seed": None, "ppl_prefix": "auto"
 PPL_PREFIXES = ("auto", "doc-start", "none")
 ZEROSHOT_TASKS = registry.ZEROSHOT_TASKS
 MAX_NEW_TOKENS = 512
+
+
+# what an extension may differ in from the run it extends (the rest of the config must be equal)
+EXTENSION_FIELDS = ("prompt_start", "sample_start", "n_prompts", "n_samples", "n_zeroshot")
+
+
+def extension_key(config: Mapping[str, Any]) -> str:
+    """The identity a run shares with its extensions: its config (as stored in a result) without
+    `EXTENSION_FIELDS`, and without the fields at their hash-neutral default."""
+    return json.dumps({k: v for k, v in _hash_dict(dict(config)).items() if k not in EXTENSION_FIELDS},
+                      sort_keys=True, default=str)
 
 
 def _hash_dict(d: dict[str, Any]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from . import power, registry, results, stats
+from . import config, power, registry, results, stats
 from ._io import REPO_ROOT
 
 POWERED = REPO_ROOT / "results" / "powered"
@@ -47,12 +47,7 @@ def setting_label(method: str, params: Mapping) -> str:
     return registry.method_label(method, params)
 
 
-# what an extension may differ in from the run it extends (the rest of the config must be equal)
-_EXTENSION_FIELDS = ("prompt_start", "sample_start", "n_prompts", "n_samples", "n_zeroshot")
-
-
-def _pool_key(cfg: Mapping) -> str:
-    return json.dumps({k: v for k, v in cfg.items() if k not in _EXTENSION_FIELDS}, sort_keys=True, default=str)
+_pool_key = config.extension_key
 
 
 def pooled_design(parts: Iterable[tuple[int, int, int, int]]) -> tuple[int, int]:

@@ -40,7 +40,8 @@ def test_packaged_profiles_expand():
 
 
 def test_unknown_profile_lists_profiles(capsys):
-    with pytest.raises(ValueError, match="profiles: default, paper, powered, powered-extend-rtp, powered-extend-slur, smoke, smoke-extend"):
+    with pytest.raises(ValueError, match="profiles: default, paper, powered, powered-extend-rtp, "
+                                         "powered-extend-slur, smoke, smoke-extend"):
         batch.get_profile("nope")
     assert main(["batch", "--profile", "nope", "--out", "x", "--dry-run"]) == 2
     assert "unknown profile 'nope'" in capsys.readouterr().err
@@ -256,3 +257,22 @@ def test_set_threads_checks_its_value():
         assert set_threads(1) == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_dry_run_estimates_an_extension_from_the_run_it_extends(tmp_path):
+    base = {"models": ["m1"], "benchmarks": ["rtp-challenging"], "settings": {"n_prompts": 100, "n_samples": 2},
+            "methods": [{"method": "aura", "n_zeroshot": 200}, {"method": "aura", "control_seed": 1}]}
+    timings = {"load_model": 5.0, "fit": 10.0, "generate": 200.0, "score": 20.0, "capability": 300.0}
+    for r in batch.plan(base, tmp_path):
+        t = dict(timings) if r.config.control_seed is None else {**timings, "capability": 40.0}
+        results.write_result(r.result_path, config=r.config.to_dict(), config_hash=r.config.config_hash,
+                             metrics={}, provenance={"timings": t})
+    extend = {**base, "settings": {"n_prompts": 100, "n_samples": 6, "sample_start": 2},
+              "methods": [{"method": "aura"}, {"method": "damp"}]}
+    runs = batch.plan(extend, tmp_path)
+    assert all(r.config.is_extension and not r.done for r in runs)
+    est = batch.estimate_seconds(runs)
+    aura = next(r for r in runs if r.config.method == "aura")
+    # load + fit as they were, perplexity only (the zero-shot-free run's 40 s), generation + scoring x 3
+    assert est[aura.config.config_hash] == pytest.approx(5 + 10 + 40 + 3 * 220)
+    assert next(r for r in runs if r.config.method == "damp").config.config_hash not in est  # nothing it extends
