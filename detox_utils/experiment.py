@@ -41,9 +41,10 @@ def fit_method(cfg: EvalConfig, lm: models.LoadedModel, progress: bool = True,
     new fit, which is then published there (unless ``publish`` is false: `detox_utils.export` reads a
     grid's fits and never writes into it). A fit recomputed on another CPU can move a unit at a
     selection boundary (`detox_utils.verify.compare_fits`), so a published fit is what keeps every run
-    of a grid, and every rerun, on one fit."""
+    of a grid, and every rerun, on one fit. An extension (``cfg.is_extension``) reads a published fit
+    but never publishes one: where its run's fit was not published, a refit here need not be it."""
     method = _fitted(cfg, lm, progress, None if result_dir is None else results.fits_folder(result_dir),
-                     publish=publish)
+                     publish=publish and not cfg.is_extension)
     if cfg.control_seed is not None:
         return interventions.random_control(method, cfg.control_seed)
     return method

@@ -245,3 +245,7 @@ def test_a_published_fit_is_used_before_the_cache_and_a_new_fit_is_published(fit
     monkeypatch.setattr(iv, "fit", real_fit)
     experiment.fit_method(other, lm, progress=False, result_dir=tmp_path / "results", publish=False)
     assert sorted(p.name for p in published.glob("*.pt")) == [shared.name]
+    # nor does an extension: a refit may not be the fit the run it extends used
+    ext = EvalConfig(**{**other.to_dict(), "prompt_start": 5})
+    experiment.fit_method(ext, lm, progress=False, result_dir=tmp_path / "results")
+    assert sorted(p.name for p in published.glob("*.pt")) == [shared.name]
