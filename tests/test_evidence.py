@@ -280,3 +280,13 @@ def test_extensions_are_pooled_into_their_run(tmp_path, caplog):
         table = evidence.runs(tmp_path).set_index("method")
     assert (table.loc["aura", "n_prompts"], table.loc["aura", "n_samples"]) == (N + 100, K)
     assert "measured another edit" in caplog.text
+    assert table.loc["aura", "n_extensions_left_out"] == 1 and table.loc["aura", "ext_ppl_gap"] == 0.0
+    # within POOL_PPL_RTOL (a rerun's numerical noise) it is pooled, and its gap reported
+    _write(tmp_path, rng, method="none", p_toxic=0.4, ppl=20.0 * (1 + 5e-5), n=N + 100, k=2, sample_start=K)
+    table = evidence.runs(tmp_path).set_index("method")
+    assert (table.loc["none", "n_samples"], table.loc["none", "n_extensions"]) == (K + 2, 2)
+    assert table.loc["none", "ext_ppl_gap"] == pytest.approx(5e-5)
+    check = evidence.extension_check(tmp_path).set_index(["setting", "sample_start"])
+    assert len(check) == 4 and check.pooled.sum() == 3
+    assert check.loc[("AURA", K), "rel_gap"] == pytest.approx(25.0 / 21.0 - 1)
+    assert not check.loc[("AURA", K), "pooled"]
