@@ -36,6 +36,11 @@ MAX_NEW_TOKENS = 512
 
 # what an extension may differ in from the run it extends (the rest of the config must be equal)
 EXTENSION_FIELDS = ("prompt_start", "sample_start", "n_prompts", "n_samples", "n_zeroshot")
+# an extension measures its run's edit only if their corpus perplexities agree to this (relative):
+# the plain model rerun on another machine moved by 4e-6 (SmolLM2, 246.228 vs 246.229); an AURA refit
+# on another CPU moved by 4e-5 to 2.6e-3 (AUROC ranks of near-tied units), so only refits within 1e-4
+# are taken as the same edit (`experiment.check_extension` before generating, `evidence.runs` pooling).
+POOL_PPL_RTOL = 1e-4
 
 
 def extension_key(config: Mapping[str, Any]) -> str:

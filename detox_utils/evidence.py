@@ -40,12 +40,7 @@ N_SIM = 1000  # power simulations per MDE: one default, so every page computes t
 TARGET_POWER = 0.8
 # profiles that extend the powered grid's runs (more prompts or samples, pooled into them by `runs`)
 EXTENSIONS = ("powered-extend-rtp", "powered-extend-slur")
-# an extension is pooled into its run only if their corpus perplexities agree to this (relative):
-# the plain model rerun on another machine moved by 4e-6 (SmolLM2, 246.228 vs 246.229); an AURA refit
-# on another CPU moved by 4e-5 to 2.6e-3 (AUROC ranks of near-tied units), so only refits within 1e-4
-# are taken as the same edit. Gaps are reported per run (`runs`: ``ext_ppl_gap``) and per extension
-# (`extension_check`).
-POOL_PPL_RTOL = 1e-4
+POOL_PPL_RTOL = config.POOL_PPL_RTOL  # an extension is pooled only at this relative perplexity gap
 
 
 def setting_label(method: str, params: Mapping) -> str:

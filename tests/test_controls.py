@@ -249,3 +249,31 @@ def test_a_published_fit_is_used_before_the_cache_and_a_new_fit_is_published(fit
     ext = EvalConfig(**{**other.to_dict(), "prompt_start": 5})
     experiment.fit_method(ext, lm, progress=False, result_dir=tmp_path / "results")
     assert sorted(p.name for p in published.glob("*.pt")) == [shared.name]
+
+
+def test_an_extension_checks_it_measures_the_edit_of_its_run_before_generating(fitted, tmp_path):
+    from detox_utils import results
+
+    lm, methods = fitted
+    base = EvalConfig(model=lm.name, method="aura", ppl_corpus="wiki", n_ppl=4, n_zeroshot=0, n_prompts=3)
+    ext = EvalConfig(**{**base.to_dict(), "prompt_start": 3, "n_prompts": 2})
+    experiment.check_extension(base, lm, methods["aura"], tmp_path)  # not an extension: nothing to check
+    with pytest.raises(ValueError, match="no finished run to extend in .*run the profile it extends"):
+        experiment.check_extension(ext, lm, methods["aura"], tmp_path)
+    ppl = experiment.capability(base, lm, methods["aura"], progress=False)["perplexity"]["corpus_ppl"]
+
+    def run_with(value):
+        results.write_result(tmp_path / f"{base.config_hash}.json", config=base.to_dict(),
+                             config_hash=base.config_hash, metrics={"perplexity": {"corpus_ppl": value}},
+                             provenance={})
+
+    run_with(ppl * (1 + 5e-5))  # within a rerun's noise: the same edit
+    experiment.check_extension(ext, lm, methods["aura"], tmp_path, progress=False)
+    run_with(ppl * (1 + 1e-3))  # an AURA refit elsewhere moved it this much: another edit
+    with pytest.raises(RuntimeError, match=r"another edit than run .*relative gap 1\.0e-03, allowed 1e-04.*"
+                                           r"Publish the run's fit"):
+        experiment.check_extension(ext, lm, methods["aura"], tmp_path, progress=False)
+    # a control of the run is another config: it is not the run this extension extends
+    ctl = EvalConfig(**{**ext.to_dict(), "control_seed": 1})
+    with pytest.raises(ValueError, match="no finished run to extend"):
+        experiment.check_extension(ctl, lm, methods["aura"], tmp_path, progress=False)
