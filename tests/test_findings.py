@@ -50,3 +50,21 @@ def test_cli_writes_then_checks(tmp_path, monkeypatch, capsys):
     (tmp_path / "plain.md").write_text("no markers\n")
     assert cli(["findings", "--readme", str(tmp_path / "plain.md")]) == 2
     assert "findings markers" in capsys.readouterr().err
+
+
+def test_power_note_counts_cells_for_the_max_and_pairs_per_evaluator():
+    col = "power_at_1.5x"
+    pw = pd.DataFrame([
+        {"model": "a", "benchmark": "b1", "evaluator": "max", col: 0.95},
+        {"model": "a", "benchmark": "b1", "evaluator": "e1", col: 0.85},
+        {"model": "a", "benchmark": "b1", "evaluator": "e2", col: 0.80},  # exactly at target: met
+        {"model": "a", "benchmark": "b2", "evaluator": "max", col: 0.73},
+        {"model": "a", "benchmark": "b2", "evaluator": "e1", col: 0.31},
+        {"model": "a", "benchmark": "b2", "evaluator": "e2", col: 0.79},
+    ])
+    note = findings.power_note(pw, target=1.5, power=0.8)
+    assert note.startswith("1 of 2 model × benchmark cells have at least 80% power to detect a 1.5x")
+    assert "(short: a/b2, power 0.73)" in note
+    assert "per evaluator 2 of 4 (cell, evaluator) pairs do (cells with a shortfall: a/b2)." in note
+    full = findings.power_note(pw[pw.benchmark == "b1"], target=1.5, power=0.8)
+    assert "short" not in full and "shortfall" not in full and "2 of 2 (cell, evaluator) pairs" in full

@@ -47,6 +47,29 @@ def splice(text: str, body: str) -> str:
     return f"{before}{START}\n{body}{END}{after}"
 
 
+def power_note(pw: pd.DataFrame, target: float | None = None, power: float | None = None) -> str:
+    """One sentence on `evidence.power_table` ``pw``: how many model x benchmark cells reach ``power``
+    to detect a ``target``-fold reduction for the max over evaluators (naming the cells that fall
+    short), and how many (cell, evaluator) pairs reach it per evaluator."""
+    from .. import evidence
+
+    target = evidence.TARGET_REDUCTION if target is None else target
+    power = evidence.TARGET_POWER if power is None else power
+    col = f"power_at_{target}x"
+    mx, each = pw[pw.evaluator == "max"], pw[pw.evaluator != "max"]
+    short = mx[mx[col] < power]
+    text = (f"{len(mx) - len(short)} of {len(mx)} model × benchmark cells have at least {power:.0%} power "
+            f"to detect a {target}x reduction of the max over evaluators"
+            + ("" if not len(short) else " (short: " + ", ".join(
+                f"{r.model}/{r.benchmark}, power {r[col]:.2f}" for _, r in short.iterrows()) + ")"))
+    if len(each):
+        met = each[each[col] >= power]
+        lacking = sorted({f"{r.model}/{r.benchmark}" for _, r in each[each[col] < power].iterrows()})
+        text += (f"; per evaluator {len(met)} of {len(each)} (cell, evaluator) pairs do"
+                 + (f" (cells with a shortfall: {', '.join(lacking)})" if lacking else ""))
+    return text + "."
+
+
 def compute() -> str:
     """The block's body from the committed results (a few minutes: effects, power, claims)."""
     from .. import evidence
@@ -59,14 +82,15 @@ def compute() -> str:
     pw = evidence.power_table() if done else pd.DataFrame()
     table = evidence.claims(loc_records=load_localization(), validation_scores=read_scores(VALIDATION_FILE),
                             eff=eff, pw=pw if len(pw) else None)
-    note = ""
-    if len(pw):
-        col, mx = f"power_at_{evidence.TARGET_REDUCTION}x", pw[pw.evaluator == "max"]
-        short = mx[mx[col] < evidence.TARGET_POWER]
-        note = (f"{len(mx) - len(short)} of {len(mx)} model × benchmark cells have at least "
-                f"{evidence.TARGET_POWER:.0%} power to detect a {evidence.TARGET_REDUCTION}x reduction"
-                + ("." if not len(short) else " (short: " + ", ".join(
-                    f"{r.model}/{r.benchmark}, power {r[col]:.2f}" for _, r in short.iterrows()) + ")."))
+    note = power_note(pw) if len(pw) else ""
+    ext = [(p, evidence.grid_status(profile=p)) for p in evidence.EXTENSIONS]
+    ext_note = "; ".join(f"{p}: {int(st['runs done'].sum())} of {int(st['runs planned'].sum())} runs"
+                         for p, st in ext if len(st))
+    if ext_note:
+        check = evidence.extension_check()
+        left = int((~check.pooled).sum()) if len(check) else 0
+        ext_note += (f" ({left} left out: their perplexity shows another edit than their run's)" if left else "")
+        note = f"Extensions (more prompts or samples, pooled into the grid's runs): {ext_note}. {note}".strip()
     return markdown(table, done, planned, note)
 
 
