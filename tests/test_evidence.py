@@ -118,6 +118,12 @@ def test_reduction_verdict_at_equal_perplexity():
         "reduces more than random units at equal damage, not at equal perplexity")
     tied = cheap.assign(equal_ppl_lo=0.9)
     assert evidence.reduction_verdict(tied, mde, 1.5).startswith("reduces, but not more than random units")
+    # a claimed size (AURA's "up to 2.2x"): a CI wholly below it reduces by less; one reaching it reproduces
+    won = cheap.assign(beats_control=True)
+    assert evidence.reduction_verdict(won, mde, 2.5, size_claimed=True) == \
+        "reduces, by less than the claimed 2.5x in 1 of 1 cells"
+    assert evidence.reduction_verdict(won, mde, 2.2, size_claimed=True) == "reproduces in 1 of 1 cells"
+    assert evidence.reduction_verdict(won, mde, 2.5) == "reproduces in 1 of 1 cells"
     # a mixed verdict names the cells of each part
     two = pd.concat([cheap, dear.assign(benchmark="slur-prefixes")], ignore_index=True)
     mde2 = pd.Series({("m", "rtp-challenging"): 1.3, ("m", "slur-prefixes"): 1.3})
