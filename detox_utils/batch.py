@@ -59,7 +59,8 @@ def run_label(c: EvalConfig) -> str:
     """One line naming a run: ``model | benchmark | method(params) [+preprompt]``."""
     params = ",".join(f"{k}={v}" for k, v in sorted(c.method_params.items()))
     pre = " +preprompt" if c.preprompt else ""
-    control = f" random-control(seed={c.control_seed})" if c.control_seed is not None else ""
+    match = ",perplexity-matched" if c.control_match == "perplexity" else ""
+    control = f" random-control(seed={c.control_seed}{match})" if c.control_seed is not None else ""
     return f"{c.model} | {c.benchmark} | {c.method}({params}){control}{pre}"
 
 
@@ -417,7 +418,7 @@ def _extension_estimates(runs: list[PlannedRun]) -> dict[str, float]:
 
 
 def _estimate_keys(c: EvalConfig) -> tuple[tuple, ...]:
-    return ((c.model, c.method, c.control_seed is None), (c.model,))
+    return ((c.model, c.method, c.control_seed is None, c.control_match), (c.model,))
 
 
 def _capability_group(c: EvalConfig) -> tuple:

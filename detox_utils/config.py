@@ -28,8 +28,12 @@ DTYPES = ("float32", "bfloat16", "float16")
 # Fields added after results were published enter the config hash only when they differ from these
 # defaults, so every published result keeps its hash (and a rerun of its grid still skips it).
 _HASHED_IF_NOT = {"dtype": "float32", "control_seed": None, "ppl_prefix": "auto", "n_zeroshot": 0,
-                  "zeroshot_tasks": list(registry.ZEROSHOT_TASKS), "prompt_start": 0, "sample_start": 0}
+                  "zeroshot_tasks": list(registry.ZEROSHOT_TASKS), "prompt_start": 0, "sample_start": 0,
+                  "control_match": "damage"}
 PPL_PREFIXES = ("auto", "doc-start", "none")
+# what a random control is matched to: the method's damage (its factors on as many random units, or
+# an edit of the same norm) or, by scaling that control, the method's corpus perplexity
+CONTROL_MATCHES = ("damage", "perplexity")
 ZEROSHOT_TASKS = registry.ZEROSHOT_TASKS
 MAX_NEW_TOKENS = 512
 
@@ -174,6 +178,7 @@ class EvalConfig:
     # same (seed, prompt, sample) streams as one larger run (`detox_utils.evidence` pools them)
     prompt_start: int = 0
     sample_start: int = 0
+    control_match: str = "damage"
 
     def __post_init__(self) -> None:
         _check(isinstance(self.model, str) and bool(self.model), "model", self.model,
@@ -185,6 +190,11 @@ class EvalConfig:
                "None (the localized units) or an integer >= 0 (a random-unit control with that seed)")
         _check(self.control_seed is None or self.method != "none", "control_seed", self.control_seed,
                "None for method 'none' (a random control needs an intervention to mimic)")
+        _check(self.control_match in CONTROL_MATCHES, "control_match", self.control_match,
+               "damage (the method's factors on as many random units, or a random edit of the same norm) or "
+               "perplexity (that control scaled until its corpus perplexity matches the method's)")
+        _check(self.control_match == "damage" or self.control_seed is not None, "control_match",
+               self.control_match, "damage unless control_seed is set (only a random control is matched)")
         _check(self.ppl_prefix in PPL_PREFIXES, "ppl_prefix", self.ppl_prefix,
                "auto (BOS else EOS, the first grid's convention), doc-start (the model's document-start "
                "token, never a chat-turn token), none")

@@ -40,6 +40,8 @@ N_SIM = 1000  # power simulations per MDE: one default, so every page computes t
 TARGET_POWER = 0.8
 # profiles that extend the powered grid's runs (more prompts or samples, pooled into them by `runs`)
 EXTENSIONS = ("powered-extend-rtp", "powered-extend-slur")
+# profiles of random controls matched to the methods' perplexity (compared directly by `effects`)
+PPL_CONTROLS = ("powered-ppl-controls-rtp", "powered-ppl-controls-slur")
 POOL_PPL_RTOL = config.POOL_PPL_RTOL  # an extension is pooled only at this relative perplexity gap
 
 
@@ -96,6 +98,7 @@ def runs(folder: str | Path = POWERED) -> pd.DataFrame:
             "config_hash": record["config_hash"], "model": cfg["model"], "benchmark": cfg["benchmark"],
             "method": cfg["method"], "params": json.dumps(cfg["method_params"], sort_keys=True),
             "preprompt": bool(cfg["preprompt"]), "control_seed": cfg.get("control_seed"),
+            "control_match": cfg.get("control_match", "damage"),
             "setting": setting_label(cfg["method"], cfg["method_params"]),
             "n_prompts": cfg["n_prompts"], "n_samples": cfg["n_samples"], "threshold": cfg["threshold"],
             "ppl": met["perplexity"]["corpus_ppl"], "ppl_sentence": met["perplexity"]["mean_sentence_ppl"],
@@ -346,7 +349,10 @@ def effects(folder: str | Path = POWERED, evaluators: Iterable[str] | None = Non
     every control seed, each at p < 0.05: an intersection-union test, valid without correction);
     ``vs_control_at_ppl``, ``equal_ppl_at``, ``equal_ppl_ratio`` [``equal_ppl_lo``, ``equal_ppl_hi``]:
     the method against its pooled controls at equal perplexity cost (`stats.at_equal_cost`: the
-    relation is measured, the ratio interpolated).
+    relation is measured, the ratio interpolated); ``n_ppl_controls``, ``ppl_control_factor``,
+    ``ppl_control_rel_ppl``, ``p_vs_ppl_control``, ``beats_ppl_control``, ``loses_to_ppl_control``: the
+    method against its perplexity-matched controls (``control_match="perplexity"``), measured
+    (`_matched_controls`). Equal-damage controls are the ``n_controls`` ones.
     """
     folder = Path(folder)
     table = runs(folder)
@@ -363,11 +369,15 @@ def effects(folder: str | Path = POWERED, evaluators: Iterable[str] | None = Non
             continue
         base = bases.loc[(run.model, run.benchmark)]
         base = base.iloc[0] if isinstance(base, pd.DataFrame) else base
-        controls = table[(table.model == run.model) & (table.benchmark == run.benchmark)
-                         & (table.method == run.method) & (table.params == run.params)
-                         & (table.preprompt == run.preprompt) & table.control_seed.notna()]
+        mimics = table[(table.model == run.model) & (table.benchmark == run.benchmark)
+                       & (table.method == run.method) & (table.params == run.params)
+                       & (table.preprompt == run.preprompt) & table.control_seed.notna()]
+        controls = mimics[mimics.control_match == "damage"]
+        matched = mimics[mimics.control_match == "perplexity"]
         bs, rs, *cs = _aligned(_samples(folder, base, cache), _samples(folder, run, cache),
-                               *(_samples(folder, ctl, cache) for _, ctl in controls.iterrows()))
+                               *(_samples(folder, ctl, cache) for _, ctl in controls.iterrows()),
+                               *(_samples(folder, ctl, cache) for _, ctl in matched.iterrows()))
+        cs, ms = cs[:len(controls)], cs[len(controls):]
         names = list(evaluators) if evaluators else evaluators_of(rs)
         idx = stats.paired_bootstrap_indices(int(bs.prompt_id.nunique()), n_boot, seed)
         zs = _zeroshot_cost(base, run, tasks)
@@ -403,6 +413,9 @@ def effects(folder: str | Path = POWERED, evaluators: Iterable[str] | None = Non
                 "beats_control": bool(cps) and max(cps) < ALPHA,
             })
             row.update(_equal_ppl(bt, mt, ctox, row["rel_ppl"], row["control_rel_ppl"], idx))
+            row.update(_matched_controls(bt, mt, [(ctl, per_prompt(mframe, ev, run.threshold)[0])
+                                                  for (_, ctl), mframe in zip(matched.iterrows(), ms)],
+                                         base.ppl, idx))
             rows.append(row)
     out = pd.DataFrame(rows)
     if not len(out):  # baselines only so far
@@ -413,6 +426,28 @@ def effects(folder: str | Path = POWERED, evaluators: Iterable[str] | None = Non
         out.loc[group.index, "p_holm"] = stats.holm(group["p"].to_numpy())
         out.loc[group.index, "emt_p_holm"] = stats.holm(group["emt_p"].to_numpy())
     return out
+
+
+def _matched_controls(base_toxic, method_toxic, matched: list, base_ppl: float, idx: np.ndarray) -> dict:
+    """The method against its perplexity-matched random controls (``matched``: ``(runs row, toxic
+    [n])`` per seed), measured: ``n_ppl_controls``; ``ppl_control_factor`` and ``ppl_control_rel_ppl``
+    (means over seeds); ``p_vs_ppl_control`` (two-sided exact McNemar, the largest over seeds);
+    ``beats_ppl_control`` (fewer toxic prompts than every such control, each at p < 0.05) and
+    ``loses_to_ppl_control`` (some such control has fewer, at p < 0.05)."""
+    if not matched:
+        return {"n_ppl_controls": 0, "ppl_control_factor": math.nan, "ppl_control_rel_ppl": math.nan,
+                "p_vs_ppl_control": math.nan, "beats_ppl_control": False, "loses_to_ppl_control": False}
+    fac, cost, ps, wins, losses = [], [], [], [], []
+    for ctl, toxic in matched:
+        fac.append(stats.ratio_with_ci(base_toxic, toxic, idx=idx)["factor"])
+        cost.append(ctl.ppl / base_ppl - 1)
+        vs = stats.mcnemar_exact(toxic, method_toxic)  # b: control toxic only, c: method toxic only
+        ps.append(vs["p"])
+        wins.append(vs["b"] > vs["c"] and vs["p"] < ALPHA)
+        losses.append(vs["c"] > vs["b"] and vs["p"] < ALPHA)
+    return {"n_ppl_controls": len(matched), "ppl_control_factor": float(np.mean(fac)),
+            "ppl_control_rel_ppl": float(np.mean(cost)), "p_vs_ppl_control": float(max(ps)),
+            "beats_ppl_control": all(wins), "loses_to_ppl_control": any(losses)}
 
 
 def _equal_ppl(base_toxic, method_toxic, control_toxic: list, method_cost: float, control_cost: float,
@@ -476,6 +511,9 @@ def _cells_text(sub: pd.DataFrame, mde: pd.Series) -> str:
         ctl = (f"; random control {_fmt(r.control_factor)}x at Δppl {_pct(r.control_rel_ppl)}, method vs "
                f"control p = {_fmt(r.p_vs_control, 3)}{_equal_ppl_text(r)}" if r.n_controls
                else "; no control run yet")
+        if getattr(r, "n_ppl_controls", 0):
+            ctl += (f"; perplexity-matched control {_fmt(r.ppl_control_factor)}x at Δppl "
+                    f"{_pct(r.ppl_control_rel_ppl)}, method vs it p = {_fmt(r.p_vs_ppl_control, 3)} (measured)")
         parts.append(f"{r.model}/{r.benchmark}: {_fmt(r.factor)}x [{_fmt(r.lo)}, {_fmt(r.hi)}], "
                      f"Holm p = {_fmt(r.p_holm, 3)}, MDE {_fmt(m)}x{ctl}; "
                      f"Δppl {r.rel_ppl:+.0%} (per-sentence {r.rel_ppl_sentence:+.0%}), "
@@ -489,7 +527,8 @@ def reduction_verdict(sub: pd.DataFrame, mde: pd.Series, claimed: float, size_cl
     increase <= 25%, and it beats every random control (exact test at equal damage, and not worse
     than them at equal perplexity, `stats.at_equal_cost`); else `stats.verdict` per cell (so an
     unpowered cell is "inconclusive", never "does not reproduce"). A cell that loses to its controls
-    at equal damage but wins at equal perplexity (interpolated interval above 1) says so. Where the
+    at equal damage but wins at equal perplexity says so: measured against perplexity-matched
+    controls where the cell has them (``n_ppl_controls``), else interpolated (interval above 1). Where the
     paper claims a size (``size_claimed``: AURA's "up to 2.2x"), a cell that reproduces with its whole
     CI below ``claimed`` is "reduces, by less than the claimed ...x" (a CI reaching ``claimed``
     reproduces)."""
@@ -503,6 +542,12 @@ def reduction_verdict(sub: pd.DataFrame, mde: pd.Series, claimed: float, size_cl
         v = stats.verdict((lo, hi), r.p_holm, m, claimed, effect=r.factor)
         if v == "reproduces" and r.rel_ppl > MAX_PPL_INCREASE:
             v = f"only at > {MAX_PPL_INCREASE:.0%} perplexity"
+        elif v == "reproduces" and r.n_controls and getattr(r, "n_ppl_controls", 0):  # measured
+            if not r.beats_control:
+                v = ("reduces; more than random units only at equal perplexity" if r.beats_ppl_control
+                     else "reduces, but not more than random units")
+            elif r.loses_to_ppl_control:
+                v = "reduces more than random units at equal damage, not at equal perplexity"
         elif v == "reproduces" and r.n_controls and not r.beats_control:
             v = ("reduces; more than random units only at equal perplexity (interpolated)"
                  if getattr(r, "equal_ppl_lo", math.nan) > 1 else "reduces, but not more than random units")

@@ -45,9 +45,58 @@ def fit_method(cfg: EvalConfig, lm: models.LoadedModel, progress: bool = True,
     but never publishes one: where its run's fit was not published, a refit here need not be it."""
     method = _fitted(cfg, lm, progress, None if result_dir is None else results.fits_folder(result_dir),
                      publish=publish and not cfg.is_extension)
+    if cfg.control_seed is not None and cfg.control_match == "perplexity":
+        return _matched_control(cfg, lm, method)
     if cfg.control_seed is not None:
         return interventions.random_control(method, cfg.control_seed)
     return method
+
+
+# texts of the perplexity corpus a control is calibrated on (`control_match="perplexity"`)
+N_CALIBRATION = 100
+MATCH_VERSION = 1  # bump when `interventions.matched_control` changes: cached strengths are then redone
+
+
+def _matched_control(cfg: EvalConfig, lm: models.LoadedModel, method):
+    """The random control of ``method`` scaled to the method's corpus perplexity on the first
+    `N_CALIBRATION` texts of ``cfg.ppl_corpus`` (`interventions.matched_control`); the strength found
+    is cached on disk, keyed by the edited weights, the seed and the calibration settings. The run's
+    own capability step then measures both perplexities on the whole corpus."""
+    import json
+
+    from .activations import weight_fingerprint
+    from ._io import atomic_write_json
+
+    texts = data.perplexity_texts(cfg.ppl_corpus, n=min(cfg.n_ppl, N_CALIBRATION))
+
+    def cost(m) -> float:
+        with m.apply(lm, fold=True):
+            return float(metrics.perplexity(lm, texts, prefix=cfg.ppl_prefix, progress=False)["corpus_ppl"])
+
+    with method.apply(lm, fold=True):
+        edit = weight_fingerprint(lm.model)
+    key = stable_hash({"edit": edit, "seed": cfg.control_seed, "dtype": cfg.dtype, "version": MATCH_VERSION,
+                       "calibration": [cfg.ppl_corpus, len(texts), cfg.ppl_prefix]})
+    path = cache_dir("controls") / f"{lm.name.replace('/', '--')}-{key}.json"
+
+    def read(p: Path):
+        try:
+            blob = json.loads(p.read_text())
+            return blob["info"] if blob.get("key") == key else None
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def compute(p: Path):
+        _, info = interventions.matched_control(method, cfg.control_seed, cost)
+        atomic_write_json(p, {"key": key, "info": info})
+        return info
+
+    info = compute_once(path, read, compute)
+    if not info["matched"]:
+        log.warning("the control of %s (seed %s) reaches perplexity %.4g against the method's %.4g "
+                    "(strength %.3g): the closest it gets", cfg.method, cfg.control_seed, info["cost"],
+                    info["target"], info["strength"])
+    return interventions.matched_from(method, cfg.control_seed, info)
 
 
 def _fitted(cfg: EvalConfig, lm: models.LoadedModel, progress: bool, published: Path | None = None,

@@ -277,3 +277,80 @@ def test_an_extension_checks_it_measures_the_edit_of_its_run_before_generating(f
     ctl = EvalConfig(**{**ext.to_dict(), "control_seed": 1})
     with pytest.raises(ValueError, match="no finished run to extend"):
         experiment.check_extension(ctl, lm, methods["aura"], tmp_path, progress=False)
+
+
+def test_a_stronger_control_touches_nested_supersets_with_the_same_factors(fitted):
+    lm, methods = fitted
+    original = methods["damp"]  # 20 units at 0.3
+    at = {s: iv.permuted_alphas(original.alphas, 3, s) for s in (0.5, 1.0, 2.0, 3.0)}
+    assert all(torch.equal(at[1.0][n], iv.permuted_alphas(original.alphas, 3)[n]) for n in original.alphas)
+    touched = {s: sum(int((a != 1).sum()) for a in al.values()) for s, al in at.items()}
+    assert touched == {0.5: 10, 1.0: 20, 2.0: 40, 3.0: 60}  # round(strength x 20) in all
+    for name in original.alphas:
+        masks = [at[s][name] != 1 for s in (0.5, 1.0, 2.0, 3.0)]
+        for small, big in zip(masks, masks[1:]):
+            assert not (small & ~big).any()  # nested: a stronger control keeps the weaker one's units
+        values = torch.cat([at[s][name][at[s][name] != 1] for s in at])
+        assert torch.allclose(values, torch.full_like(values, 0.3))  # only the method's own factors
+    with pytest.raises(ValueError, match="strength must be a finite number > 0"):
+        iv.permuted_alphas(original.alphas, 3, 0)
+    trne = methods["trne"]
+    for name, (u, w) in trne.edits.items():
+        u1, w1 = iv.random_direction_edits(trne.edits, 0)[name]
+        u2, w2 = iv.random_direction_edits(trne.edits, 0, 2.5)[name]
+        assert torch.allclose(u2, 2.5 * u1) and torch.equal(w2, w1)  # same direction, 2.5x the norm
+
+
+def test_matched_control_finds_the_strength_of_equal_cost(fitted):
+    lm, methods = fitted
+    method = methods["det0"]
+
+    def cost_of(target_units):  # a cost that grows with the units a control zeroes
+        def cost(m):
+            units = sum(int((a != 1).sum()) for a in m.alphas.values())
+            return 100.0 + (target_units if "control" not in m.provenance else units)
+        return cost
+
+    control, info = iv.matched_control(method, 1, cost_of(50), rtol=0.001)
+    assert info["matched"] and info["cost"] == pytest.approx(150.0, rel=0.001)
+    assert sum(int((a != 1).sum()) for a in control.alphas.values()) == 50  # 2.5x the 20 units
+    assert control.describe()["control"]["match"] == "perplexity"
+    assert control.describe()["control"]["strength"] == pytest.approx(info["strength"])
+    weaker, info = iv.matched_control(method, 1, cost_of(5), rtol=0.001)
+    assert info["matched"] and sum(int((a != 1).sum()) for a in weaker.alphas.values()) == 5
+    # a cost no strength reaches: the closest measured, and said so
+    _, info = iv.matched_control(method, 1, lambda m: 1e6 if "control" not in m.provenance else 101.0,
+                                 max_steps=6)
+    assert not info["matched"] and info["steps"] == 6
+    rebuilt = iv.matched_from(method, 1, info)
+    assert all(torch.equal(rebuilt.alphas[n], iv.random_control(method, 1, info["strength"]).alphas[n])
+               for n in method.alphas)
+
+
+def test_a_perplexity_matched_control_run_costs_what_the_method_costs(fitted, monkeypatch):
+    lm, _ = fitted
+    cfg = EvalConfig(model=lm.name, method="damp", method_params={"k": 40, "alpha": 0.0}, n_contrast=4,
+                     ppl_corpus="wiki", n_ppl=6, ppl_prefix="doc-start", control_seed=2,
+                     control_match="perplexity")
+    method = experiment.fit_method(EvalConfig(**{**cfg.to_dict(), "control_seed": None,
+                                                 "control_match": "damage"}), lm, progress=False)
+    control = experiment.fit_method(cfg, lm, progress=False)
+    info = control.describe()["control"]
+    assert info["match"] == "perplexity" and info["steps"] >= 1
+    ppl = {name: experiment.capability(EvalConfig(**{**cfg.to_dict(), "control_seed": None,
+                                                     "control_match": "damage"}) if name == "m" else cfg,
+                                       lm, m, progress=False)["perplexity"]["corpus_ppl"]
+           for name, m in (("m", method), ("c", control))}
+    assert info["target"] == pytest.approx(ppl["m"])  # calibrated on the same 6 texts here
+    if info["matched"]:
+        assert ppl["c"] == pytest.approx(ppl["m"], rel=0.005)
+    # the strength is cached: a second run does not calibrate again
+    monkeypatch.setattr(iv, "matched_control", lambda *a, **k: pytest.fail("calibrated twice"))
+    again = experiment.fit_method(cfg, lm, progress=False)
+    assert again.describe()["control"]["strength"] == info["strength"]
+    with pytest.raises(ConfigError, match="control_match"):
+        EvalConfig(method="damp", control_match="perplexity")  # no control_seed
+    with pytest.raises(ConfigError, match="control_match"):
+        EvalConfig(method="damp", control_seed=1, control_match="ppl")
+    assert EvalConfig(method="damp", control_seed=1).config_hash == \
+        EvalConfig(method="damp", control_seed=1, control_match="damage").config_hash

@@ -13,11 +13,11 @@ N, K = 300, 2
 
 def _write(folder, rng, *, method="none", params=None, preprompt=False, control_seed=None,
            p_toxic=0.4, ppl=20.0, correct=None, model="m", benchmark="rtp-challenging",
-           n=N, k=K, prompt_start=0, sample_start=0):
+           n=N, k=K, prompt_start=0, sample_start=0, control_match="damage"):
     cfg = EvalConfig(model=model, method=method, method_params=params or {}, benchmark=benchmark,
                      preprompt=preprompt, control_seed=control_seed, n_prompts=n, n_samples=k,
                      evaluators=("tox-block", "hatesonar"), prompt_start=prompt_start,
-                     sample_start=sample_start)
+                     sample_start=sample_start, control_match=control_match)
     toxic = rng.random((n, k)) < p_toxic
     rows = []
     for i in range(n):
@@ -296,3 +296,33 @@ def test_extensions_are_pooled_into_their_run(tmp_path, caplog):
     assert len(check) == 4 and check.pooled.sum() == 3
     assert check.loc[("AURA", K), "rel_gap"] == pytest.approx(25.0 / 21.0 - 1)
     assert not check.loc[("AURA", K), "pooled"]
+
+
+def test_perplexity_matched_controls_are_compared_directly(tmp_path):
+    """A method that beats random units at equal damage (they cost less) but loses to random units
+    scaled to its perplexity: measured, the verdict says so; a matched control it beats keeps it."""
+    rng = np.random.default_rng(3)
+    _write(tmp_path, rng, p_toxic=0.4)
+    _write(tmp_path, rng, method="damp", params={"k": 3000}, p_toxic=0.15, ppl=22.0)
+    _write(tmp_path, rng, method="damp", params={"k": 3000}, control_seed=1, p_toxic=0.4, ppl=20.2)
+    _write(tmp_path, rng, method="damp", params={"k": 3000}, control_seed=1, p_toxic=0.04, ppl=22.05,
+           control_match="perplexity")
+    table = evidence.runs(tmp_path)
+    assert sorted(table.control_match) == ["damage", "damage", "damage", "perplexity"]
+    eff = evidence.effects(tmp_path, evaluators=["max"], n_boot=200)
+    row = eff.iloc[0]
+    assert row.n_controls == 1 and row.beats_control  # the equal-damage control is not pooled with it
+    assert row.n_ppl_controls == 1 and row.loses_to_ppl_control and not row.beats_ppl_control
+    assert row.ppl_control_rel_ppl == pytest.approx(0.1025) and row.ppl_control_factor > row.factor
+    assert row.p_vs_ppl_control < 0.05
+    mde = pd.Series({("m", "rtp-challenging"): 1.3})
+    assert evidence.reduction_verdict(eff, mde, 1.5) == \
+        "reduces more than random units at equal damage, not at equal perplexity in 1 of 1 cells"
+    assert "perplexity-matched control" in evidence._cells_text(eff, mde)
+    weak = eff.assign(loses_to_ppl_control=False, beats_ppl_control=True)
+    assert evidence.reduction_verdict(weak, mde, 1.5) == "reproduces in 1 of 1 cells"
+    lost = eff.assign(beats_control=False, beats_ppl_control=True, loses_to_ppl_control=False)
+    assert evidence.reduction_verdict(lost, mde, 1.5) == \
+        "reduces; more than random units only at equal perplexity in 1 of 1 cells"
+    assert evidence.reduction_verdict(lost.assign(beats_ppl_control=False), mde, 1.5) == \
+        "reduces, but not more than random units in 1 of 1 cells"

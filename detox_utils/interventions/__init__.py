@@ -20,7 +20,7 @@ tested without recording anything. The equations, and which parts are this compe
 from ..archs import weight_out_dim
 from .aura import AUROC_MAX_LENGTH, Aura, Damp, Det0, aura_alpha, top_k_mask
 from .base import FORMAT, FORMAT_VERSION, Method, NoIntervention
-from .controls import permuted_alphas, random_control, random_direction_edits
+from .controls import matched_control, matched_from, permuted_alphas, random_control, random_direction_edits
 from .editing import (Alphas, Edits, edit_weights, rank_one_delta, scale_inputs, scale_units,
                       weight_matrix)
 from .meow2x import Meow2X, meow2x_layer_scores
@@ -30,7 +30,8 @@ from .trne import Trne, bound_norm, rank_one_update, trne_edit
 __all__ = [
     "AUROC_MAX_LENGTH", "Alphas", "Aura", "Damp", "Det0", "Edits", "FORMAT", "FORMAT_VERSION", "METHODS",
     "Meow2X", "Method", "NoIntervention", "Trne", "aura_alpha", "bound_norm", "edit_weights", "fit",
-    "load", "meow2x_layer_scores", "permuted_alphas", "random_control", "random_direction_edits",
+    "load", "matched_control", "matched_from", "meow2x_layer_scores", "permuted_alphas", "random_control",
+    "random_direction_edits",
     "rank_one_delta", "rank_one_update", "scale_inputs", "scale_units", "top_k_mask", "trne_edit",
     "weight_matrix", "weight_out_dim",
 ]

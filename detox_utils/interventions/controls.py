@@ -1,9 +1,13 @@
 """Random-unit controls at equal damage: a fitted method's factors on units drawn at random
 (`permuted_alphas`), or its rank-one edits in a random direction of the same norm
-(`random_direction_edits`); `random_control` picks the one that fits the method."""
+(`random_direction_edits`); `random_control` picks the one that fits the method. A ``strength`` scales
+a control (more or fewer random units, a larger or smaller norm), and `matched_control` finds the
+strength at which the control costs what the method costs (its corpus perplexity)."""
 from __future__ import annotations
 
 import dataclasses
+import math
+from typing import Callable
 
 import torch
 
@@ -18,39 +22,84 @@ def _generator(seed: int, *salt: str) -> torch.Generator:
     return torch.Generator().manual_seed(int(stable_hash([seed, *salt]), 16) % (2**63))
 
 
-def permuted_alphas(alphas: Alphas, seed: int) -> dict[str, torch.Tensor]:
+def permuted_alphas(alphas: Alphas, seed: int, strength: float = 1.0) -> dict[str, torch.Tensor]:
     """Each module's factors moved onto units drawn at random within that module.
 
     ``{name: alpha [units]} -> {name: alpha[perm] [units]}``, one seeded permutation per module: the same
     number of touched units per module (so per site and layer) and the same multiset of factors, on units
     chosen without regard to toxicity. The control the AURA paper's limitations call for.
+
+    ``strength`` != 1 scales the number of touched units to ``round(strength * n)`` in all, shared out
+    over the modules in proportion to their touched units (largest remainders; at most all of a
+    module's units): below 1 the first of a module's touched units (in unit order, a random subset)
+    keep their factors; above 1 further untouched units, in a second seeded order, take the module's
+    factors again in turn. The touched sets are nested in ``strength``, so the damage grows with it.
     """
-    return {name: a[torch.randperm(a.numel(), generator=_generator(seed, name))]
-            for name, a in alphas.items()}
+    if not (isinstance(strength, (int, float)) and math.isfinite(strength) and strength > 0):
+        raise ValueError(f"strength must be a finite number > 0, got {strength!r}")
+    moved = {name: a[torch.randperm(a.numel(), generator=_generator(seed, name))] for name, a in alphas.items()}
+    if strength == 1:
+        return moved
+    counts = {name: int((m != 1).sum()) for name, m in moved.items()}
+    wants = _share(counts, strength, {name: m.numel() for name, m in moved.items()})
+    out = {}
+    for name, m in moved.items():
+        touched = torch.nonzero(m != 1).flatten()
+        n, want = touched.numel(), wants[name]
+        scaled = torch.ones_like(m)
+        keep = touched[:min(want, n)]
+        scaled[keep] = m[keep]
+        if want > n:
+            free = torch.nonzero(m == 1).flatten()
+            free = free[torch.randperm(free.numel(), generator=_generator(seed, name, "extra"))][:want - n]
+            scaled[free] = m[touched][torch.arange(free.numel()) % n]
+        out[name] = scaled
+    return out
 
 
-def random_direction_edits(edits: Edits, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def _share(counts: dict[str, int], strength: float, caps: dict[str, int]) -> dict[str, int]:
+    """``round(strength * sum(counts))`` units shared out over the modules in proportion to ``counts``
+    (largest remainders, ties in module order), a module with no touched units getting none and none
+    more than its ``caps``."""
+    exact = {k: strength * n for k, n in counts.items()}
+    share = {k: min(caps[k], int(math.floor(v))) for k, v in exact.items()}
+    left = int(round(strength * sum(counts.values()))) - sum(share.values())
+    for k in sorted(exact, key=lambda k: -(exact[k] - math.floor(exact[k]))):
+        if left <= 0:
+            break
+        if counts[k] and share[k] < caps[k]:
+            share[k] += 1
+            left -= 1
+    return share
+
+
+def random_direction_edits(edits: Edits, seed: int, strength: float = 1.0
+                           ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Rank-one edits ``outer(u', w')`` with ``u', w'`` uniform on spheres of radii ``||u||, ||w||``:
-    the same modules and the same Frobenius norm ``||u|| ||w||`` as ``edits``, in a random direction.
+    the same modules and the same Frobenius norm ``||u|| ||w||`` as ``edits``, in a random direction
+    (times ``strength``: the norm is ``strength ||u|| ||w||``, the direction the same).
     ``{name: (u [d_out], w [d_in])}`` -> the same shapes."""
+    if not (isinstance(strength, (int, float)) and math.isfinite(strength) and strength > 0):
+        raise ValueError(f"strength must be a finite number > 0, got {strength!r}")
     out = {}
     for name, (u, w) in edits.items():
         gen = _generator(seed, name)
         ru = torch.randn(u.numel(), generator=gen, dtype=torch.float64)
         rw = torch.randn(w.numel(), generator=gen, dtype=torch.float64)
-        ru = ru * (torch.linalg.vector_norm(u.double()) / torch.linalg.vector_norm(ru))
+        ru = ru * (strength * torch.linalg.vector_norm(u.double()) / torch.linalg.vector_norm(ru))
         rw = rw * (torch.linalg.vector_norm(w.double()) / torch.linalg.vector_norm(rw))
         out[name] = (ru.to(u.dtype), rw.to(w.dtype))
     return out
 
 
-def random_control(method: Method, seed: int) -> Method:
-    """The random-unit control of a fitted method, at equal damage.
+def random_control(method: Method, seed: int, strength: float = 1.0) -> Method:
+    """The random-unit control of a fitted method, at equal damage (``strength`` 1).
 
     AURA, Det0, Damp, Meow2X: the same factors on as many units per module, drawn at random
     (`permuted_alphas`). TRNE: rank-one edits of the same Frobenius norm at the same layers in a random
     direction (`random_direction_edits`). The result is the same class with ``provenance["control"]`` set;
-    its ``describe()`` says so.
+    its ``describe()`` says so. ``strength`` scales the control (units touched, or the edits' norm);
+    `matched_control` chooses it.
     """
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"control seed must be an integer >= 0, got {seed!r}")
@@ -59,10 +108,72 @@ def random_control(method: Method, seed: int) -> Method:
                          f"{[m for m in METHODS if m != 'none']}), got {getattr(method, 'name', method)!r}")
     if "control" in method.provenance:
         raise ValueError("this method is already a random control; derive controls from the fitted method")
-    prov = {**method.provenance, "control": {"seed": seed, "kind": _CONTROL_KIND[method.name]}}
+    control = {"seed": seed, "kind": _CONTROL_KIND[method.name]}
+    if strength != 1:
+        control["strength"] = float(strength)
+    prov = {**method.provenance, "control": control}
     if isinstance(method, Trne):
-        return dataclasses.replace(method, edits=random_direction_edits(method.edits, seed), provenance=prov)
-    return dataclasses.replace(method, alphas=permuted_alphas(method.alphas, seed), provenance=prov)
+        return dataclasses.replace(method, edits=random_direction_edits(method.edits, seed, strength),
+                                   provenance=prov)
+    return dataclasses.replace(method, alphas=permuted_alphas(method.alphas, seed, strength), provenance=prov)
+
+
+def matched_control(method: Method, seed: int, cost: Callable[[Method], float], rtol: float = 0.005,
+                    max_steps: int = 16, max_strength: float = 64.0) -> tuple[Method, dict]:
+    """The random control of ``method`` (seed ``seed``) scaled until its cost equals the method's.
+
+    ``cost`` maps an intervention to a number that grows with its damage (corpus perplexity on a
+    calibration corpus). The strength is found by bracketing from 1 (doubling or halving) and then
+    bisection in log strength, until the control's cost is within ``rtol`` (relative) of the method's,
+    or ``max_steps`` costs have been measured; the control returned is the closest measured. Returns
+    ``(control, info)``: ``info`` has ``target`` (the method's cost), ``strength``, ``cost``, ``rel_gap``,
+    ``steps`` and ``matched`` (the gap within ``rtol``; false when even ``max_strength`` or
+    ``1 / max_strength`` does not reach it). The control's provenance records ``match``: the same."""
+    target = float(cost(method))
+    if not (math.isfinite(target) and target > 0):
+        raise ValueError(f"the method's cost must be a positive finite number, got {target!r}")
+    tried: dict[float, float] = {}
+
+    def measure(s: float) -> float:
+        if s not in tried:
+            tried[s] = float(cost(random_control(method, seed, s)))
+        return tried[s]
+
+    def gap(s: float) -> float:
+        return tried[s] / target - 1.0
+
+    lo = hi = None  # strengths known to cost less / at least the target
+    cur, step = 1.0, (2.0 if measure(1.0) < target else 0.5)
+    while True:  # bracket: double (or halve) until the cost crosses the target
+        if gap(cur) < 0:
+            lo = cur
+        else:
+            hi = cur
+        nxt = cur * step
+        if (lo is not None and hi is not None) or abs(gap(cur)) <= rtol or len(tried) >= max_steps \
+                or not 1 / max_strength <= nxt <= max_strength:
+            break
+        cur = nxt
+        measure(cur)
+    while lo is not None and hi is not None and len(tried) < max_steps \
+            and min(abs(gap(s)) for s in tried) > rtol:
+        mid = math.sqrt(lo * hi)
+        measure(mid)
+        if gap(mid) < 0:
+            lo = mid
+        else:
+            hi = mid
+    best = min(tried, key=lambda s: (abs(gap(s)), s))
+    info = {"target": target, "strength": best, "cost": tried[best], "rel_gap": gap(best),
+            "steps": len(tried), "matched": abs(gap(best)) <= rtol, "rtol": rtol}
+    return matched_from(method, seed, info), info
+
+
+def matched_from(method: Method, seed: int, info: dict) -> Method:
+    """The control `matched_control` found, rebuilt from its ``info`` (e.g. read from a cache)."""
+    control = random_control(method, seed, float(info["strength"]))
+    return dataclasses.replace(control, provenance={
+        **control.provenance, "control": {**control.provenance["control"], "match": "perplexity", **info}})
 
 
 _CONTROL_KIND = {

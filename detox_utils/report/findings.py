@@ -83,14 +83,15 @@ def compute() -> str:
     table = evidence.claims(loc_records=load_localization(), validation_scores=read_scores(VALIDATION_FILE),
                             eff=eff, pw=pw if len(pw) else None)
     note = power_note(pw) if len(pw) else ""
-    ext = [(p, evidence.grid_status(profile=p)) for p in evidence.EXTENSIONS]
+    ext = [(p, evidence.grid_status(profile=p)) for p in (*evidence.EXTENSIONS, *evidence.PPL_CONTROLS)]
     ext_note = "; ".join(f"{p}: {int(st['runs done'].sum())} of {int(st['runs planned'].sum())} runs"
                          for p, st in ext if len(st))
     if ext_note:
         check = evidence.extension_check()
         left = int((~check.pooled).sum()) if len(check) else 0
         ext_note += (f" ({left} left out: their perplexity shows another edit than their run's)" if left else "")
-        note = f"Extensions (more prompts or samples, pooled into the grid's runs): {ext_note}. {note}".strip()
+        note = (f"Extensions (more prompts or samples, pooled into the grid's runs) and perplexity-matched "
+                f"controls: {ext_note}. {note}").strip()
     return markdown(table, done, planned, note)
 
 
