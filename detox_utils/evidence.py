@@ -42,6 +42,7 @@ TARGET_POWER = 0.8
 EXTENSIONS = ("powered-extend-rtp", "powered-extend-slur")
 # profiles of random controls matched to the methods' perplexity (compared directly by `effects`)
 PPL_CONTROLS = ("powered-ppl-controls-rtp", "powered-ppl-controls-slur")
+MATCH_PPL_RTOL = 0.01  # a perplexity-matched control decides only within this of the method's perplexity
 POOL_PPL_RTOL = config.POOL_PPL_RTOL  # an extension is pooled only at this relative perplexity gap
 
 
@@ -415,7 +416,7 @@ def effects(folder: str | Path = POWERED, evaluators: Iterable[str] | None = Non
             row.update(_equal_ppl(bt, mt, ctox, row["rel_ppl"], row["control_rel_ppl"], idx))
             row.update(_matched_controls(bt, mt, [(ctl, per_prompt(mframe, ev, run.threshold)[0])
                                                   for (_, ctl), mframe in zip(matched.iterrows(), ms)],
-                                         base.ppl, idx))
+                                         base.ppl, run.ppl, idx))
             rows.append(row)
     out = pd.DataFrame(rows)
     if not len(out):  # baselines only so far
@@ -428,26 +429,34 @@ def effects(folder: str | Path = POWERED, evaluators: Iterable[str] | None = Non
     return out
 
 
-def _matched_controls(base_toxic, method_toxic, matched: list, base_ppl: float, idx: np.ndarray) -> dict:
+def _matched_controls(base_toxic, method_toxic, matched: list, base_ppl: float, method_ppl: float,
+                      idx: np.ndarray) -> dict:
     """The method against its perplexity-matched random controls (``matched``: ``(runs row, toxic
     [n])`` per seed), measured: ``n_ppl_controls``; ``ppl_control_factor`` and ``ppl_control_rel_ppl``
     (means over seeds); ``p_vs_ppl_control`` (two-sided exact McNemar, the largest over seeds);
     ``beats_ppl_control`` (fewer toxic prompts than every such control, each at p < 0.05) and
-    ``loses_to_ppl_control`` (some such control has fewer, at p < 0.05)."""
+    ``loses_to_ppl_control`` (some such control has fewer, at p < 0.05); ``ppl_control_gap``: the
+    largest |control / method corpus perplexity - 1|. A win counts only against a control that costs
+    at least the method's perplexity less `MATCH_PPL_RTOL`, a loss only to one that costs at most the
+    method's plus it (a control that missed the match by more cannot show either at equal cost)."""
     if not matched:
         return {"n_ppl_controls": 0, "ppl_control_factor": math.nan, "ppl_control_rel_ppl": math.nan,
-                "p_vs_ppl_control": math.nan, "beats_ppl_control": False, "loses_to_ppl_control": False}
-    fac, cost, ps, wins, losses = [], [], [], [], []
+                "ppl_control_gap": math.nan, "p_vs_ppl_control": math.nan, "beats_ppl_control": False,
+                "loses_to_ppl_control": False}
+    fac, cost, gaps, ps, wins, losses = [], [], [], [], [], []
     for ctl, toxic in matched:
         fac.append(stats.ratio_with_ci(base_toxic, toxic, idx=idx)["factor"])
         cost.append(ctl.ppl / base_ppl - 1)
+        gap = ctl.ppl / method_ppl - 1
+        gaps.append(abs(gap))
         vs = stats.mcnemar_exact(toxic, method_toxic)  # b: control toxic only, c: method toxic only
         ps.append(vs["p"])
-        wins.append(vs["b"] > vs["c"] and vs["p"] < ALPHA)
-        losses.append(vs["c"] > vs["b"] and vs["p"] < ALPHA)
+        wins.append(vs["b"] > vs["c"] and vs["p"] < ALPHA and gap >= -MATCH_PPL_RTOL)
+        losses.append(vs["c"] > vs["b"] and vs["p"] < ALPHA and gap <= MATCH_PPL_RTOL)
     return {"n_ppl_controls": len(matched), "ppl_control_factor": float(np.mean(fac)),
-            "ppl_control_rel_ppl": float(np.mean(cost)), "p_vs_ppl_control": float(max(ps)),
-            "beats_ppl_control": all(wins), "loses_to_ppl_control": any(losses)}
+            "ppl_control_rel_ppl": float(np.mean(cost)), "ppl_control_gap": float(max(gaps)),
+            "p_vs_ppl_control": float(max(ps)), "beats_ppl_control": all(wins),
+            "loses_to_ppl_control": any(losses)}
 
 
 def _equal_ppl(base_toxic, method_toxic, control_toxic: list, method_cost: float, control_cost: float,

@@ -53,7 +53,7 @@ def fit_method(cfg: EvalConfig, lm: models.LoadedModel, progress: bool = True,
 
 
 # texts of the perplexity corpus a control is calibrated on (`control_match="perplexity"`)
-N_CALIBRATION = 100
+N_CALIBRATION = 50
 MATCH_VERSION = 1  # bump when `interventions.matched_control` changes: cached strengths are then redone
 
 

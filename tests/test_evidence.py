@@ -314,7 +314,14 @@ def test_perplexity_matched_controls_are_compared_directly(tmp_path):
     assert row.n_controls == 1 and row.beats_control  # the equal-damage control is not pooled with it
     assert row.n_ppl_controls == 1 and row.loses_to_ppl_control and not row.beats_ppl_control
     assert row.ppl_control_rel_ppl == pytest.approx(0.1025) and row.ppl_control_factor > row.factor
-    assert row.p_vs_ppl_control < 0.05
+    assert row.p_vs_ppl_control < 0.05 and row.ppl_control_gap == pytest.approx(0.05 / 22.0)
+    # a control that missed the match by more than 1%, dearer than the method: it cannot show a loss
+    _write(tmp_path, rng, method="damp", params={"k": 3000}, control_seed=1, p_toxic=0.04, ppl=23.0,
+           control_match="perplexity")
+    dear = evidence.effects(tmp_path, evaluators=["max"], n_boot=200).iloc[0]
+    assert dear.n_ppl_controls == 1 and not dear.loses_to_ppl_control
+    _write(tmp_path, rng, method="damp", params={"k": 3000}, control_seed=1, p_toxic=0.04, ppl=22.05,
+           control_match="perplexity")  # back to the matched one
     mde = pd.Series({("m", "rtp-challenging"): 1.3})
     assert evidence.reduction_verdict(eff, mde, 1.5) == \
         "reduces more than random units at equal damage, not at equal perplexity in 1 of 1 cells"

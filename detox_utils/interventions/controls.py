@@ -6,6 +6,7 @@ strength at which the control costs what the method costs (its corpus perplexity
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from typing import Callable
 
@@ -16,6 +17,8 @@ from .base import Method, NoIntervention
 from .editing import Alphas, Edits
 from .methods import METHODS
 from .trne import Trne
+
+log = logging.getLogger(__name__)
 
 def _generator(seed: int, *salt: str) -> torch.Generator:
     """A CPU generator seeded by ``seed`` and a string salt (e.g. a module name), stable across runs."""
@@ -118,14 +121,15 @@ def random_control(method: Method, seed: int, strength: float = 1.0) -> Method:
     return dataclasses.replace(method, alphas=permuted_alphas(method.alphas, seed, strength), provenance=prov)
 
 
-def matched_control(method: Method, seed: int, cost: Callable[[Method], float], rtol: float = 0.005,
-                    max_steps: int = 16, max_strength: float = 64.0) -> tuple[Method, dict]:
+def matched_control(method: Method, seed: int, cost: Callable[[Method], float], rtol: float = 0.01,
+                    max_steps: int = 12, max_strength: float = 64.0) -> tuple[Method, dict]:
     """The random control of ``method`` (seed ``seed``) scaled until its cost equals the method's.
 
     ``cost`` maps an intervention to a number that grows with its damage (corpus perplexity on a
     calibration corpus). The strength is found by bracketing from 1 (doubling or halving) and then
-    bisection in log strength, until the control's cost is within ``rtol`` (relative) of the method's,
-    or ``max_steps`` costs have been measured; the control returned is the closest measured. Returns
+    regula falsi (Illinois) on log cost against log strength, until the control's cost is within ``rtol`` (relative) of the method's,
+    or ``max_steps`` costs have been measured, or the bracket is narrower than 0.5% of the strength
+    (a cost with a step in it); the control returned is the closest measured. Returns
     ``(control, info)``: ``info`` has ``target`` (the method's cost), ``strength``, ``cost``, ``rel_gap``,
     ``steps`` and ``matched`` (the gap within ``rtol``; false when even ``max_strength`` or
     ``1 / max_strength`` does not reach it). The control's provenance records ``match``: the same."""
@@ -137,6 +141,8 @@ def matched_control(method: Method, seed: int, cost: Callable[[Method], float], 
     def measure(s: float) -> float:
         if s not in tried:
             tried[s] = float(cost(random_control(method, seed, s)))
+            log.info("control of %s (seed %d) at strength %.4g: cost %.6g (the method's %.6g)",
+                     method.name, seed, s, tried[s], target)
         return tried[s]
 
     def gap(s: float) -> float:
@@ -155,14 +161,30 @@ def matched_control(method: Method, seed: int, cost: Callable[[Method], float], 
             break
         cur = nxt
         measure(cur)
-    while lo is not None and hi is not None and len(tried) < max_steps \
-            and min(abs(gap(s)) for s in tried) > rtol:
-        mid = math.sqrt(lo * hi)
-        measure(mid)
-        if gap(mid) < 0:
-            lo = mid
-        else:
-            hi = mid
+    # inside the bracket: regula falsi on log cost against log strength (Illinois: the end that
+    # stays twice in a row has its value halved), which a smooth cost meets in a few steps
+    if lo is not None and hi is not None:
+        a, b = math.log(lo), math.log(hi)
+        fa, fb = math.log(tried[lo] / target), math.log(tried[hi] / target)  # fa < 0 <= fb
+        last = 0
+        # a cost with steps (a unit whose damping jumps the perplexity) can leave no strength within
+        # rtol: stop when the bracket is narrower than 0.5% of the strength
+        while len(tried) < max_steps and min(abs(gap(s)) for s in tried) > rtol and fb > fa \
+                and b - a > math.log(1.005):
+            x = a - fa * (b - a) / (fb - fa)
+            if not a < x < b:
+                x = 0.5 * (a + b)
+            fx = math.log(measure(math.exp(x)) / target)
+            if fx < 0:
+                a, fa = x, fx
+                if last == -1:
+                    fb /= 2
+                last = -1
+            else:
+                b, fb = x, fx
+                if last == 1:
+                    fa /= 2
+                last = 1
     best = min(tried, key=lambda s: (abs(gap(s)), s))
     info = {"target": target, "strength": best, "cost": tried[best], "rel_gap": gap(best),
             "steps": len(tried), "matched": abs(gap(best)) <= rtol, "rtol": rtol}
