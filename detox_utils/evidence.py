@@ -132,7 +132,9 @@ def _pool(row: dict, extensions: list[dict]) -> None:
         ppl = ext["metrics"]["perplexity"]["corpus_ppl"]
         gap = _ppl_gap(ppl, row["ppl"])
         if not gap <= POOL_PPL_RTOL:
-            log.warning("extension %s of run %s left out: its perplexity %.6g differs from the run's %.6g "
+            # info, not a warning: every page that reads the grid would repeat it; the Evidence page
+            # lists the extensions left out (`extension_check`)
+            log.info("extension %s of run %s left out: its perplexity %.6g differs from the run's %.6g "
                         "by %.1e (allowed %.0e), so it measured another edit", ext["config_hash"],
                         row["config_hash"], ppl, row["ppl"], gap, POOL_PPL_RTOL)
             row["n_extensions_left_out"] += 1

@@ -282,7 +282,7 @@ def test_extensions_are_pooled_into_their_run(tmp_path, caplog):
     assert (pw.n_prompts == N + 100).all()
     # an extension that measured another edit (its perplexity differs) is left out, and logged
     _write(tmp_path, rng, method="aura", p_toxic=0.15, ppl=25.0, n=2, sample_start=K)
-    with caplog.at_level("WARNING", logger="detox_utils.evidence"):
+    with caplog.at_level("INFO", logger="detox_utils.evidence"):
         table = evidence.runs(tmp_path).set_index("method")
     assert (table.loc["aura", "n_prompts"], table.loc["aura", "n_samples"]) == (N + 100, K)
     assert "measured another edit" in caplog.text
