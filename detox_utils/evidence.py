@@ -185,7 +185,10 @@ def extension_check(folder: str | Path = POWERED) -> pd.DataFrame:
                     "control_seed": cfg.get("control_seed"), "prompt_start": cfg.get("prompt_start", 0),
                     "sample_start": cfg.get("sample_start", 0), "ppl_run": ref, "ppl_extension": ppl,
                     "rel_gap": gap, "pooled": bool(run) and gap <= POOL_PPL_RTOL})
-    return pd.DataFrame(out)
+    frame = pd.DataFrame(out)
+    if len(frame):  # 1, 2 or <NA>, not 1.0, 2.0, NaN
+        frame["control_seed"] = frame["control_seed"].astype("Int64")
+    return frame
 
 
 def zeroshot_tasks(table: pd.DataFrame) -> list[str]:
