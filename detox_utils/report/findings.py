@@ -89,7 +89,8 @@ def compute() -> str:
     if ext_note:
         check = evidence.extension_check()
         left = int((~check.pooled).sum()) if len(check) else 0
-        ext_note += (f" ({left} left out: their perplexity shows another edit than their run's)" if left else "")
+        ext_note += (f"; {left} extension runs left out (their perplexity shows another edit than their run's)"
+                     if left else "")
         note = (f"Extensions (more prompts or samples, pooled into the grid's runs) and perplexity-matched "
                 f"controls: {ext_note}. {note}").strip()
     return markdown(table, done, planned, note)
