@@ -51,3 +51,20 @@ def built_book(tmp_path_factory):
     from _book import build_book
 
     return build_book(tmp_path_factory.mktemp("book"))
+
+
+@pytest.fixture
+def fake_dequantize(monkeypatch):
+    """The (slow) GGUF dequantization replaced by a tiny llama (same weights every call); the list
+    of the GGUF paths it was called with."""
+    from detox_utils import packaged
+
+    calls = []
+
+    def fake(gguf_path):
+        calls.append(gguf_path)
+        tiny = models.tiny("llama")
+        return tiny.model, tiny.tokenizer
+
+    monkeypatch.setattr(packaged, "_dequantize", fake)
+    return calls

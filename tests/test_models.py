@@ -174,20 +174,7 @@ def test_hub_missing_repo_is_a_value_error(monkeypatch):
 
 
 # ------------------------------------------------------------------ packaged models: the GGUF cache
-
-
-@pytest.fixture
-def fake_dequantize(monkeypatch):
-    """Replace the (slow) GGUF dequantization by a tiny model; count the calls."""
-    calls = []
-
-    def fake(gguf_path):
-        calls.append(gguf_path)
-        tiny = models.tiny("llama")
-        return tiny.model, tiny.tokenizer
-
-    monkeypatch.setattr(packaged_models, "_dequantize", fake)
-    return calls
+# (`fake_dequantize`, the tiny stand-in for the GGUF conversion, is in conftest.py)
 
 
 def test_packaged_model_is_converted_once_then_read_from_the_cache(fake_dequantize):

@@ -24,20 +24,7 @@ CLEAR_MODELS = "python -m detox_utils cache --clear models"
 
 
 # ------------------------------------------------------------------ the dequantized model folder
-
-
-@pytest.fixture
-def fake_dequantize(monkeypatch):
-    """The GGUF dequantization replaced by a tiny llama (same weights every call); counts the calls."""
-    calls = []
-
-    def fake(gguf_path):
-        calls.append(gguf_path)
-        tiny = models.tiny("llama")
-        return tiny.model, tiny.tokenizer
-
-    monkeypatch.setattr(packaged, "_dequantize", fake)
-    return calls
+# (`fake_dequantize`, the tiny stand-in for the GGUF conversion, is in conftest.py)
 
 
 def _folder() -> Path:
