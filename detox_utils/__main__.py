@@ -172,7 +172,8 @@ def _batch(args: argparse.Namespace) -> int:
         if planned:
             print(f"estimated wall time of the {len(known)} planned runs with a measured peer: "
                   f"{sum(known) / 3600:.1f} h (median of finished runs of the same model and method; an "
-                  "extension: the run it extends, its generation scaled by the continuations); "
+                  "extension: the run it extends, its generation scaled by the continuations; a "
+                  "perplexity-matched control: its equal-damage twin plus its calibration); "
                   f"{len(planned) - len(known)} planned runs have no measurement yet")
     return 1 if failed else 0
 

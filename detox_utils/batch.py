@@ -374,7 +374,16 @@ def estimate_seconds(runs: list[PlannedRun]) -> dict[str, float]:
         out[r.config.config_hash] = float(base + cap)
     out.update(_extension_estimates([r for r in runs if not r.done and r.config.config_hash not in out
                                      and r.config.is_extension]))
+    # a perplexity-matched control: its equal-damage twin, plus the calibration (overrides a peer of
+    # another method or model, the only peer such a profile's first runs can have)
+    out.update(_extension_estimates([r for r in runs if not r.done and not r.config.is_extension
+                                     and r.config.control_match == "perplexity"]))
     return out
+
+
+# perplexity evaluations a matched control's calibration takes: measured, the method's and 6 strengths
+# (SmolLM2 Damp, `powered-ppl-controls-rtp`)
+MATCH_EVALUATIONS = 7
 
 
 def _extension_estimates(runs: list[PlannedRun]) -> dict[str, float]:
@@ -382,7 +391,9 @@ def _extension_estimates(runs: list[PlannedRun]) -> dict[str, float]:
     the finished run it extends, in the same folder, with its generation and scoring scaled by the
     ratio of continuations, load and fit as they were, and for the capability step (perplexity only:
     an extension scores no zero-shot items) the median of the finished runs of the model that scored
-    none."""
+    none. A perplexity-matched control is estimated the same way from its equal-damage twin (the
+    config with ``control_match="damage"``), plus `MATCH_EVALUATIONS` perplexity evaluations at that
+    twin's perplexity cost."""
     if not runs:
         return {}
     from .config import extension_key
@@ -404,7 +415,9 @@ def _extension_estimates(runs: list[PlannedRun]) -> dict[str, float]:
                 float(rec["provenance"].get("timings", {}).get("capability", 0.0)))
     out = {}
     for r in runs:
-        parent = parents.get(extension_key(r.config.to_dict()))
+        matched = r.config.control_match == "perplexity"
+        parent = parents.get(extension_key({**r.config.to_dict(), "control_match": "damage"} if matched
+                                           else r.config.to_dict()))
         if parent is None:
             continue
         t = parent["provenance"].get("timings", {})
@@ -413,7 +426,8 @@ def _extension_estimates(runs: list[PlannedRun]) -> dict[str, float]:
         scaled = float(t.get("generate", 0.0)) + float(t.get("score", 0.0))
         cap = statistics.median(ppl_only.get(r.config.model, [float(t.get("capability", 0.0))]))
         fixed = sum(t.values()) - scaled - float(t.get("capability", 0.0))
-        out[r.config.config_hash] = float(fixed + cap + ratio * scaled)
+        calibration = MATCH_EVALUATIONS * float(t.get("capability", 0.0)) if matched else 0.0
+        out[r.config.config_hash] = float(fixed + cap + ratio * scaled + calibration)
     return out
 
 

@@ -277,3 +277,12 @@ def test_dry_run_estimates_an_extension_from_the_run_it_extends(tmp_path):
     # load + fit as they were, perplexity only (the zero-shot-free run's 40 s), generation + scoring x 3
     assert est[aura.config.config_hash] == pytest.approx(5 + 10 + 40 + 3 * 220)
     assert next(r for r in runs if r.config.method == "damp").config.config_hash not in est  # nothing it extends
+    # a perplexity-matched control: its equal-damage twin (600 of its 100 x 2 prompts: x 3), plus the
+    # calibration's perplexity evaluations at the twin's cost
+    matched = {**base, "settings": {"n_prompts": 300, "n_samples": 2, "control_match": "perplexity"},
+               "methods": [{"method": "aura", "control_seed": 1}, {"method": "aura", "control_seed": 2}]}
+    runs = batch.plan(matched, tmp_path)
+    est = batch.estimate_seconds(runs)
+    seed1 = next(r for r in runs if r.config.control_seed == 1)
+    assert est[seed1.config.config_hash] == pytest.approx(5 + 10 + 40 + 3 * 220 + batch.MATCH_EVALUATIONS * 40)
+    assert len(est) == 1  # seed 2 has no equal-damage twin
