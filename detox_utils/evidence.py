@@ -39,7 +39,7 @@ MAX_PPL_INCREASE = 0.25  # a reduction counts only at a corpus-perplexity increa
 N_SIM = 1000  # power simulations per MDE: one default, so every page computes the same MDEs
 TARGET_POWER = 0.8
 # profiles that extend the powered grid's runs (more prompts or samples, pooled into them by `runs`)
-EXTENSIONS = ("powered-extend-rtp", "powered-extend-slur")
+EXTENSIONS = ("powered-extend-rtp", "powered-extend-slur", "powered-extend-slur-qwen")
 # profiles of random controls matched to the methods' perplexity (compared directly by `effects`)
 PPL_CONTROLS = ("powered-ppl-controls-rtp", "powered-ppl-controls-slur")
 MATCH_PPL_RTOL = 0.01  # a perplexity-matched control decides only within this of the method's perplexity

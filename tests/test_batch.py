@@ -41,8 +41,9 @@ def test_packaged_profiles_expand():
 
 def test_unknown_profile_lists_profiles(capsys):
     with pytest.raises(ValueError, match="profiles: default, paper, powered, powered-extend-rtp, "
-                                         "powered-extend-slur, powered-ppl-controls-rtp, "
-                                         "powered-ppl-controls-slur, smoke, smoke-extend"):
+                                         "powered-extend-slur, powered-extend-slur-qwen, "
+                                         "powered-ppl-controls-rtp, powered-ppl-controls-slur, smoke, "
+                                         "smoke-extend"):
         batch.get_profile("nope")
     assert main(["batch", "--profile", "nope", "--out", "x", "--dry-run"]) == 2
     assert "unknown profile 'nope'" in capsys.readouterr().err
