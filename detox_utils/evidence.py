@@ -191,6 +191,37 @@ def extension_check(folder: str | Path = POWERED) -> pd.DataFrame:
     return frame
 
 
+def matched_control_table(folder: str | Path = POWERED) -> pd.DataFrame:
+    """One row per perplexity-matched control run (``control_match="perplexity"``): the strength its
+    calibration found (`interventions.matched_control`), the evaluations it took, whether it matched
+    within its tolerance, and the corpus perplexity of the control against that of the method it
+    mimics (``ppl_method``, NaN where the method's own run is not in ``folder``) with their relative gap."""
+    method_ppl, rows = {}, []
+    for path in sorted(Path(folder).glob("*.json")):
+        record = results.read_result(path)
+        cfg = record.get("config", {})
+        if record.get("status") != "ok" or cfg.get("prompt_start", 0) or cfg.get("sample_start", 0):
+            continue
+        if cfg.get("control_seed") is None:
+            method_ppl[(cfg["model"], cfg["method"], json.dumps(cfg["method_params"], sort_keys=True),
+                        bool(cfg["preprompt"]))] = record["metrics"]["perplexity"]["corpus_ppl"]
+        elif cfg.get("control_match", "damage") == "perplexity":
+            rows.append(record)
+    out = []
+    for record in rows:
+        cfg = record["config"]
+        info = record["provenance"].get("method", {}).get("control", {})
+        ppl = record["metrics"]["perplexity"]["corpus_ppl"]
+        ref = method_ppl.get((cfg["model"], cfg["method"], json.dumps(cfg["method_params"], sort_keys=True),
+                              bool(cfg["preprompt"])), math.nan)
+        out.append({"model": cfg["model"], "benchmark": cfg["benchmark"],
+                    "setting": setting_label(cfg["method"], cfg["method_params"]),
+                    "control_seed": cfg["control_seed"], "strength": info.get("strength", math.nan),
+                    "evaluations": info.get("steps", math.nan), "matched": info.get("matched"),
+                    "ppl_method": ref, "ppl_control": ppl, "rel_gap": ppl / ref - 1 if ref == ref else math.nan})
+    return pd.DataFrame(out)
+
+
 def zeroshot_tasks(table: pd.DataFrame) -> list[str]:
     return sorted(c[3:] for c in table.columns if c.startswith("zs.") and c.count(".") == 1)
 

@@ -333,3 +333,20 @@ def test_perplexity_matched_controls_are_compared_directly(tmp_path):
         "reduces; more than random units only at equal perplexity in 1 of 1 cells"
     assert evidence.reduction_verdict(lost.assign(beats_ppl_control=False), mde, 1.5) == \
         "reduces, but not more than random units in 1 of 1 cells"
+
+
+def test_matched_control_table_reads_the_calibration_from_the_runs(tmp_path):
+    rng = np.random.default_rng(4)
+    _write(tmp_path, rng, method="damp", params={"k": 3000}, p_toxic=0.15, ppl=22.0)
+    path = tmp_path / (_write(tmp_path, rng, method="damp", params={"k": 3000}, control_seed=1, p_toxic=0.1,
+                              ppl=22.11, control_match="perplexity") + ".json")
+    record = results.read_result(path)
+    record["provenance"]["method"] = {"control": {"seed": 1, "strength": 2.12, "steps": 6, "matched": True}}
+    results.write_result(path, config=record["config"], config_hash=record["config_hash"],
+                         metrics=record["metrics"], provenance=record["provenance"])
+    _write(tmp_path, rng, method="damp", params={"k": 3000}, control_seed=2, p_toxic=0.1)  # equal damage
+    table = evidence.matched_control_table(tmp_path)
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert (row.strength, row.evaluations, row.matched) == (2.12, 6, True)
+    assert row.rel_gap == pytest.approx(0.005) and row.ppl_method == 22.0
