@@ -25,7 +25,7 @@ import pandas as pd
 
 from detox_utils import evaluators
 from detox_utils._io import REPO_ROOT, atomic_path, atomic_write_json, sha256_file, stable_hash
-from detox_utils.results import read_record
+from detox_utils.results import read_record, read_samples_csv
 from detox_utils.stats import percentile_interval
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ def read_scores(out: str | os.PathLike = DEFAULT_OUT) -> pd.DataFrame:
     if sha256_file(path) != info["sha256"]:
         raise ValueError(f"{path} does not match the sha256 recorded in {out}; rerun "
                          "`python -m detox_utils.validate_evaluators`")
-    return pd.read_csv(path, lineterminator="\n")  # only \n ends a row: a text may hold a bare \r
+    return read_samples_csv(path)  # only \n ends a row (a text may hold a bare \r); "" stays a string
 
 
 def main(argv: Sequence[str] | None = None) -> None:
