@@ -319,9 +319,12 @@ def test_matched_control_finds_the_strength_of_equal_cost(fitted):
     weaker, info = iv.matched_control(method, 1, cost_of(5), rtol=0.001)
     assert info["matched"] and sum(int((a != 1).sum()) for a in weaker.alphas.values()) == 5
     # a cost no strength reaches: the closest measured, and said so
-    _, info = iv.matched_control(method, 1, lambda m: 1e6 if "control" not in m.provenance else 101.0,
-                                 max_steps=6)
+    _, info = iv.matched_control(method, 1, lambda m: 1e6 if "control" not in m.provenance
+                                 else 100.0 + sum(int((a != 1).sum()) for a in m.alphas.values()), max_steps=6)
     assert not info["matched"] and info["steps"] == 6
+    # a cost that stops moving (every unit touched): doubling stops at once
+    _, info = iv.matched_control(method, 1, lambda m: 1e6 if "control" not in m.provenance else 101.0)
+    assert not info["matched"] and info["steps"] == 2
     rebuilt = iv.matched_from(method, 1, info)
     assert all(torch.equal(rebuilt.alphas[n], iv.random_control(method, 1, info["strength"]).alphas[n])
                for n in method.alphas)

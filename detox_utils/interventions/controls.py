@@ -129,7 +129,8 @@ def matched_control(method: Method, seed: int, cost: Callable[[Method], float], 
     calibration corpus). The strength is found by bracketing from 1 (doubling or halving) and then
     regula falsi (Illinois) on log cost against log strength, until the control's cost is within ``rtol`` (relative) of the method's,
     or ``max_steps`` costs have been measured, or the bracket is narrower than 0.5% of the strength
-    (a cost with a step in it); the control returned is the closest measured. Returns
+    (a cost with a step in it), or doubling no longer changes the cost (every unit touched); the
+    control returned is the closest measured. Returns
     ``(control, info)``: ``info`` has ``target`` (the method's cost), ``strength``, ``cost``, ``rel_gap``,
     ``steps`` and ``matched`` (the gap within ``rtol``; false when even ``max_strength`` or
     ``1 / max_strength`` does not reach it). The control's provenance records ``match``: the same."""
@@ -159,8 +160,9 @@ def matched_control(method: Method, seed: int, cost: Callable[[Method], float], 
         if (lo is not None and hi is not None) or abs(gap(cur)) <= rtol or len(tried) >= max_steps \
                 or not 1 / max_strength <= nxt <= max_strength:
             break
-        cur = nxt
-        measure(cur)
+        prev, cur = cur, nxt
+        if measure(cur) == tried[prev] and cur != 1.0:
+            break  # saturated: every unit already touched (or none left), the cost no longer moves
     # inside the bracket: regula falsi on log cost against log strength (Illinois: the end that
     # stays twice in a row has its value halved), which a smooth cost meets in a few steps
     if lo is not None and hi is not None:
