@@ -68,3 +68,17 @@ def fake_dequantize(monkeypatch):
 
     monkeypatch.setattr(packaged, "_dequantize", fake)
     return calls
+
+
+def paris(lm) -> tuple[str, dict[str, float]]:
+    """A packaged model's greedy 20-token continuation of "The capital of France is", and the
+    log-probability of its next token for five capitals (" Paris", " London", ...)."""
+    tok = lm.tokenizer
+    batch = tok(["The capital of France is"], return_tensors="pt")
+    with torch.no_grad():
+        out = lm.model.generate(**batch, max_new_tokens=20, do_sample=False)
+        next_logp = lm.model(**batch).logits[0, -1].log_softmax(-1)
+    text = tok.decode(out[0, batch.input_ids.shape[1]:], skip_special_tokens=True)
+    cities = {c: next_logp[tok(c, add_special_tokens=False).input_ids[0]].item()
+              for c in (" Paris", " London", " Berlin", " Rome", " Madrid")}
+    return text, cities

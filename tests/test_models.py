@@ -11,6 +11,8 @@ import torch
 from detox_utils import _io, models
 from detox_utils import packaged as packaged_models
 
+from conftest import paris
+
 PROMPTS = ["The capital of France is", "Hi"]
 
 
@@ -285,17 +287,10 @@ def test_packaged_model_loads_offline_and_knows_paris(packaged):
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
     assert lm.provenance["kind"] == "packaged" and len(lm.provenance["gguf_sha256"]) == 64
     assert lm.provenance["model_type"] == lm.model.config.model_type == lm.arch.family
-    tok = lm.tokenizer
-    batch = tok(["The capital of France is"], return_tensors="pt")
-    with torch.no_grad():
-        out = lm.model.generate(**batch, max_new_tokens=20, do_sample=False)
-        next_logp = lm.model(**batch).logits[0, -1].log_softmax(-1)
-    text = tok.decode(out[0, batch.input_ids.shape[1]:], skip_special_tokens=True)
+    text, cities = paris(lm)
     # greedy: SmolLM2 says " Paris.", Gemma-3-270M " the capital of the country of France. ..."
     assert sum(c.isalpha() or c.isspace() for c in text) / max(len(text), 1) > 0.6, text
     assert "Paris" in text or "France" in text, text
-    cities = {c: next_logp[tok(c, add_special_tokens=False).input_ids[0]].item()
-              for c in (" Paris", " London", " Berlin", " Rome", " Madrid")}
     assert max(cities, key=cities.get) == " Paris", cities
 
 

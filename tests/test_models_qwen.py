@@ -22,6 +22,8 @@ import torch
 
 from detox_utils import _io, models, packaged, report
 
+from conftest import paris
+
 QWEN = "qwen2.5-coder-0.5b"
 QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 QWEN_SIZE = 491_400_064
@@ -285,13 +287,6 @@ def test_qwen_loads_offline_and_knows_paris():
             lm.model.get_submodule(lm.arch.module_name(layer, site))
     assert _no_part_module_imported()
 
-    tok = lm.tokenizer
-    batch = tok(["The capital of France is"], return_tensors="pt")
-    with torch.no_grad():
-        out = lm.model.generate(**batch, max_new_tokens=20, do_sample=False)
-        next_logp = lm.model(**batch).logits[0, -1].log_softmax(-1)
-    text = tok.decode(out[0, batch.input_ids.shape[1]:], skip_special_tokens=True)
+    text, cities = paris(lm)
     assert "Paris" in text, text
-    cities = {c: next_logp[tok(c, add_special_tokens=False).input_ids[0]].item()
-              for c in (" Paris", " London", " Berlin", " Rome", " Madrid")}
     assert max(cities, key=cities.get) == " Paris", cities
