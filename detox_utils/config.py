@@ -47,6 +47,14 @@ EXTENSION_FIELDS = ("prompt_start", "sample_start", "n_prompts", "n_samples", "n
 POOL_PPL_RTOL = 1e-4
 
 
+def ppl_gap(ppl: float, ref: float) -> float:
+    """|ppl / ref - 1|, the relative perplexity gap that `POOL_PPL_RTOL` bounds; inf where either is
+    not a positive finite number."""
+    if not (math.isfinite(ppl) and math.isfinite(ref) and ref > 0):
+        return math.inf
+    return abs(ppl / ref - 1.0)
+
+
 def extension_key(config: Mapping[str, Any]) -> str:
     """The identity a run shares with its extensions: its config (as stored in a result) without
     `EXTENSION_FIELDS`, and without the fields at their hash-neutral default."""

@@ -130,7 +130,7 @@ def _pool(row: dict, extensions: list[dict]) -> None:
     same = []
     for ext in extensions:
         ppl = ext["metrics"]["perplexity"]["corpus_ppl"]
-        gap = _ppl_gap(ppl, row["ppl"])
+        gap = config.ppl_gap(ppl, row["ppl"])
         if not gap <= POOL_PPL_RTOL:
             # info, not a warning: every page that reads the grid would repeat it; the Evidence page
             # lists the extensions left out (`extension_check`)
@@ -152,33 +152,17 @@ def _pool(row: dict, extensions: list[dict]) -> None:
     row["generate_seconds"] += sum(e["provenance"].get("timings", {}).get("generate", 0.0) for e in same)
 
 
-def _ppl_gap(ppl: float, ref: float) -> float:
-    """|ppl / ref - 1|; inf where either is not a positive finite number."""
-    if not (math.isfinite(ppl) and math.isfinite(ref) and ref > 0):
-        return math.inf
-    return abs(ppl / ref - 1.0)
-
-
 def extension_check(folder: str | Path = POWERED) -> pd.DataFrame:
     """One row per extension run: the run it extends, the two corpus perplexities, their relative gap
     and whether `runs` pooled it (gap <= `POOL_PPL_RTOL`). ``run`` is empty where the run it extends
     is not in ``folder`` (an orphan, never pooled)."""
-    base, rows = {}, []
-    for path in sorted(Path(folder).glob("*.json")):
-        record = results.read_result(path)
-        if record.get("status") != "ok":
-            continue
-        cfg = record["config"]
-        if cfg.get("prompt_start", 0) or cfg.get("sample_start", 0):
-            rows.append(record)
-        else:
-            base[_pool_key(cfg)] = record
+    base, rows = results.runs_and_extensions(folder)
     out = []
     for ext in rows:
-        cfg, run = ext["config"], base.get(_pool_key(ext["config"]))
+        cfg, run = ext["config"], base.get(_pool_key(ext["config"]), [None])[0]
         ppl = ext["metrics"]["perplexity"]["corpus_ppl"]
         ref = run["metrics"]["perplexity"]["corpus_ppl"] if run else math.nan
-        gap = _ppl_gap(ppl, ref)
+        gap = config.ppl_gap(ppl, ref)
         out.append({"extension": ext["config_hash"], "run": run["config_hash"] if run else "",
                     "model": cfg["model"], "benchmark": cfg["benchmark"],
                     "setting": setting_label(cfg["method"], cfg["method_params"]),
@@ -189,6 +173,11 @@ def extension_check(folder: str | Path = POWERED) -> pd.DataFrame:
     if len(frame):  # 1, 2 or <NA>, not 1.0, 2.0, NaN
         frame["control_seed"] = frame["control_seed"].astype("Int64")
     return frame
+
+
+def _edit_of(cfg: Mapping) -> tuple:
+    """What a control mimics: the model, method, parameters and pre-prompt of a run's config."""
+    return cfg["model"], cfg["method"], json.dumps(cfg["method_params"], sort_keys=True), bool(cfg["preprompt"])
 
 
 def matched_control_table(folder: str | Path = POWERED) -> pd.DataFrame:
@@ -203,8 +192,7 @@ def matched_control_table(folder: str | Path = POWERED) -> pd.DataFrame:
         if record.get("status") != "ok" or cfg.get("prompt_start", 0) or cfg.get("sample_start", 0):
             continue
         if cfg.get("control_seed") is None:
-            method_ppl[(cfg["model"], cfg["method"], json.dumps(cfg["method_params"], sort_keys=True),
-                        bool(cfg["preprompt"]))] = record["metrics"]["perplexity"]["corpus_ppl"]
+            method_ppl[_edit_of(cfg)] = record["metrics"]["perplexity"]["corpus_ppl"]
         elif cfg.get("control_match", "damage") == "perplexity":
             rows.append(record)
     out = []
@@ -212,8 +200,7 @@ def matched_control_table(folder: str | Path = POWERED) -> pd.DataFrame:
         cfg = record["config"]
         info = record["provenance"].get("method", {}).get("control", {})
         ppl = record["metrics"]["perplexity"]["corpus_ppl"]
-        ref = method_ppl.get((cfg["model"], cfg["method"], json.dumps(cfg["method_params"], sort_keys=True),
-                              bool(cfg["preprompt"])), math.nan)
+        ref = method_ppl.get(_edit_of(cfg), math.nan)
         out.append({"model": cfg["model"], "benchmark": cfg["benchmark"],
                     "setting": setting_label(cfg["method"], cfg["method_params"]),
                     "control_seed": cfg["control_seed"], "strength": info.get("strength", math.nan),

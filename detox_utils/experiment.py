@@ -210,30 +210,24 @@ def check_extension(cfg: EvalConfig, lm: models.LoadedModel, method, result_dir:
     its continuations would be of another edit and could never be pooled. The perplexity is measured
     by `capability`, so the capability step then reads it from the cache. Raises ValueError (no run to
     extend) or RuntimeError (another edit); a run that is not an extension passes at once."""
-    import math
-
-    from .config import POOL_PPL_RTOL, extension_key
+    from .config import POOL_PPL_RTOL, extension_key, ppl_gap
 
     if not cfg.is_extension:
         return
-    key = extension_key(cfg.to_dict())
-    runs = [r for r in (results.read_result(p) for p in sorted(Path(result_dir).glob("*.json")))
-            if r.get("status") == "ok" and not (r["config"].get("prompt_start", 0)
-                                                or r["config"].get("sample_start", 0))
-            and extension_key(r["config"]) == key]
-    if not runs:
+    run = results.runs_and_extensions(result_dir)[0].get(extension_key(cfg.to_dict()), [None])[0]
+    if run is None:
         raise ValueError(f"extension {cfg.config_hash} (prompt_start={cfg.prompt_start}, sample_start="
                          f"{cfg.sample_start}) has no finished run to extend in {result_dir}: run the "
                          f"profile it extends there first (same config, prompt_start=0, sample_start=0)")
-    want = runs[0]["metrics"]["perplexity"]["corpus_ppl"]
+    want = run["metrics"]["perplexity"]["corpus_ppl"]
     got = capability(cfg, lm, method, progress)["perplexity"]["corpus_ppl"]
-    if not math.isclose(got, want, rel_tol=POOL_PPL_RTOL):
+    if not ppl_gap(got, want) <= POOL_PPL_RTOL:
         raise RuntimeError(
-            f"extension {cfg.config_hash} measures another edit than run {runs[0]['config_hash']}: corpus "
-            f"perplexity {got:.6g} against the run's {want:.6g} (relative gap {abs(got / want - 1):.1e}, "
+            f"extension {cfg.config_hash} measures another edit than run {run['config_hash']}: corpus "
+            f"perplexity {got:.6g} against the run's {want:.6g} (relative gap {ppl_gap(got, want):.1e}, "
             f"allowed {POOL_PPL_RTOL:.0e}); its fit is not the run's (a refit on another machine?). "
             f"Publish the run's fit in {results.fits_folder(result_dir)} or rerun the run itself")
-    log.info("extension %s: perplexity %.6g matches run %s", cfg.config_hash, got, runs[0]["config_hash"])
+    log.info("extension %s: perplexity %.6g matches run %s", cfg.config_hash, got, run["config_hash"])
 
 
 def _compact_items(record: Mapping[str, Any]) -> dict[str, Any]:

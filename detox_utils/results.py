@@ -275,6 +275,25 @@ def read_record(path: str | Path, kind: str | None = None) -> dict[str, Any]:
     return record
 
 
+def runs_and_extensions(folder: str | Path) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+    """The ``ok`` grid-run results of ``folder``: the runs (``prompt_start`` and ``sample_start`` 0)
+    grouped by `config.extension_key`, the key they share with their extensions (runs that differ only
+    in size share one), and the extensions; both in file order."""
+    from .config import extension_key
+
+    runs, extensions = {}, []
+    for path in sorted(Path(folder).glob("*.json")):
+        record = read_result(path)
+        if record.get("status") != "ok":
+            continue
+        cfg = record["config"]
+        if cfg.get("prompt_start", 0) or cfg.get("sample_start", 0):
+            extensions.append(record)
+        else:
+            runs.setdefault(extension_key(cfg), []).append(record)
+    return runs, extensions
+
+
 def read_result(path: str | Path) -> dict[str, Any]:
     """One grid-run result file (`read_record` with kind ``grid-run``), checked against the schema
     above; ValueError naming the file and what is wrong (unreadable, not JSON, not an object, another

@@ -161,7 +161,7 @@ def matched_control(method: Method, seed: int, cost: Callable[[Method], float], 
                 or not 1 / max_strength <= nxt <= max_strength:
             break
         prev, cur = cur, nxt
-        if measure(cur) == tried[prev] and cur != 1.0:
+        if measure(cur) == tried[prev]:
             break  # saturated: every unit already touched (or none left), the cost no longer moves
     # inside the bracket: regula falsi on log cost against log strength (Illinois: the end that
     # stays twice in a row has its value halved), which a smooth cost meets in a few steps
