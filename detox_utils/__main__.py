@@ -37,6 +37,8 @@ TOOLS = {
     "validate-evaluators": ("detox_utils.validate_evaluators",
                             "validate the evaluators on the labelled insults (writes results/evaluators)"),
     "screenshots": ("detox_utils.screenshots", "headless-Chromium screenshots of the built book's pages"),
+    "ppl-prefix": ("detox_utils.ppl_prefix", "measure a model's edits again under another perplexity prefix "
+                                             "(writes <out>/ppl-prefix/<model>.json)"),
     "findings": ("detox_utils.report.findings", "write the README's findings block from the committed results "
                                                 "(--check: compare only)"),
 }

@@ -209,6 +209,73 @@ def matched_control_table(folder: str | Path = POWERED) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def _ppl_prefix_records(folder: str | Path) -> list[dict]:
+    from . import ppl_prefix
+
+    where = Path(folder) / ppl_prefix.FOLDER
+    return [ppl_prefix.read(folder, p.stem) for p in sorted(where.glob("*.json"))] if where.is_dir() else []
+
+
+def ppl_prefix_starts(folder: str | Path = POWERED) -> pd.DataFrame:
+    """Per model, the plain model's perplexity on held-out text after each candidate first token, on the
+    same tokens (`ppl_prefix.start_candidates`), with ``ppl_vs_best`` (over the lowest of the model's)
+    and ``doc_start`` marking the grid's choice."""
+    rows = [{"model": rec["model"], **row} for rec in _ppl_prefix_records(folder)
+            for row in rec["start_candidates"]["rows"]]
+    table = pd.DataFrame(rows)
+    if len(table):
+        table["ppl_vs_best"] = table.ppl / table.groupby("model").ppl.transform("min")
+    return table
+
+
+def ppl_prefix_table(folder: str | Path = POWERED) -> pd.DataFrame:
+    """Each edit's relative perplexity change under the grid's prefix and under the other one that
+    `ppl_prefix.remeasure` measured (``rel_ppl_grid``, ``rel_ppl_alt``), and whether the
+    `MAX_PPL_INCREASE` rule decides the same under both (``same_decision``). Under the grid's prefix
+    the runs' own perplexities are used, except where the edit was measured again under it too (AURA,
+    whose refit can differ from a run's fit by a few units): then that measurement, so the pair is of
+    one edit, and ``run_gap`` is its largest relative gap to the runs' recorded perplexities. For a
+    perplexity-matched control, ``gap_to_method_*``: its perplexity relative to its method's, under
+    each prefix. Empty where no record exists."""
+    out = []
+    for rec in _ppl_prefix_records(folder):
+        grid, edits = rec["grid_prefix"], rec["edits"].values()
+        alt = next(p for p in rec["prefixes"] if p != grid)
+
+        def measured(e: Mapping) -> tuple[float, float, float]:
+            recorded = list(e["runs"].values())
+            if grid in e["ppl"]:
+                here = e["ppl"][grid]["corpus_ppl"]
+                return here, e["ppl"][alt]["corpus_ppl"], max(abs(r / here - 1) for r in recorded)
+            return float(np.mean(recorded)), e["ppl"][alt]["corpus_ppl"], math.nan
+
+        plain = [e for e in edits if e["method"] == "none"]
+        if not plain:
+            continue
+        base_grid, base_alt, _ = measured(plain[0])
+        methods = {(e["method"], json.dumps(e["method_params"], sort_keys=True)): measured(e)
+                   for e in edits if e["control_seed"] is None}
+        for e in edits:
+            if e["method"] == "none":
+                continue
+            g, a, gap = measured(e)
+            ref = methods.get((e["method"], json.dumps(e["method_params"], sort_keys=True)))
+            matched = e["control_match"] == "perplexity" and ref is not None
+            rel_g, rel_a = g / base_grid - 1, a / base_alt - 1
+            out.append({"model": rec["model"], "setting": setting_label(e["method"], e["method_params"]),
+                        "control_seed": e["control_seed"], "control_match": e["control_match"],
+                        "runs": len(e["runs"]), "rel_ppl_grid": rel_g, "rel_ppl_alt": rel_a,
+                        "same_decision": (rel_g > MAX_PPL_INCREASE) == (rel_a > MAX_PPL_INCREASE),
+                        "run_gap": gap,
+                        "gap_to_method_grid": g / ref[0] - 1 if matched else math.nan,
+                        "gap_to_method_alt": a / ref[1] - 1 if matched else math.nan,
+                        "grid_prefix": rec["prefixes"][grid], "alt_prefix": rec["prefixes"][alt]})
+    table = pd.DataFrame(out)
+    if len(table):
+        table["control_seed"] = table.control_seed.astype("Int64")
+    return table
+
+
 def zeroshot_tasks(table: pd.DataFrame) -> list[str]:
     return sorted(c[3:] for c in table.columns if c.startswith("zs.") and c.count(".") == 1)
 
