@@ -276,6 +276,40 @@ def ppl_prefix_table(folder: str | Path = POWERED) -> pd.DataFrame:
     return table
 
 
+def first_token_summary(starts: pd.DataFrame, tolerance: float = 1.05) -> str:
+    """One sentence on `ppl_prefix_starts`: for which models the grid's first token is the best start
+    (within ``tolerance`` of the best candidate's perplexity), and how far off it is for the others."""
+    if not len(starts):
+        return ""
+    chosen = starts[starts.doc_start]
+    good, worse = chosen[chosen.ppl_vs_best <= tolerance], chosen[chosen.ppl_vs_best > tolerance]
+    best = starts.sort_values("ppl").groupby("model").start.first()
+    return ("The grid's first token for perplexity is the best start on held-out news leads for "
+            + (", ".join(good.model) or "no model")
+            + "".join(f"; for {r.model} `{r.start}` gives {r.ppl_vs_best:.1f}x the perplexity of its best "
+                      f"start (`{best[r.model]}`)" for r in worse.itertuples()) + ".")
+
+
+def prefix_edits_summary(table: pd.DataFrame) -> str:
+    """One sentence on `ppl_prefix_table`: of the edits measured under both prefixes, for how many the
+    at-most-25% rule decides the same (naming the others), and the most a method's own relative
+    perplexity change moves."""
+    if not len(table):
+        return ""
+    flips = table[~table.same_decision.astype(bool)]
+    own = table[table.control_seed.isna()]
+    return (f"Measured again without a first token, {len(table)} edits ("
+            + ", ".join(f"{m}: {n}" for m, n in table.model.value_counts().sort_index().items())
+            + f"): the at-most-25% perplexity rule decides the same for {len(table) - len(flips)}"
+            + ("" if not len(flips) else " and differently for " + ", ".join(
+                f"{r.model} {r.setting}" + ("" if pd.isna(r.control_seed) else
+                                            f" (control {r.control_seed}, {r.control_match})")
+                + f" ({r.rel_ppl_grid:+.0%} against {r.rel_ppl_alt:+.0%})" for r in flips.itertuples()))
+            + (f"; a method's own relative change moves by at most "
+               f"{100 * (own.rel_ppl_alt - own.rel_ppl_grid).abs().max():.0f} points" if len(own) else "")
+            + ".")
+
+
 def zeroshot_tasks(table: pd.DataFrame) -> list[str]:
     return sorted(c[3:] for c in table.columns if c.startswith("zs.") and c.count(".") == 1)
 

@@ -67,21 +67,23 @@ def tail_nll(model, ids: list[list[int]], n_skip: Sequence[int], pad_id: int,
 
     nll, count = np.zeros(len(ids)), np.zeros(len(ids), dtype=np.int64)
     device = next(model.parameters()).device
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # batches of similar length: little padding
     for start in range(0, len(ids), batch_size):
-        rows = ids[start:start + batch_size]
+        batch = order[start:start + batch_size]
+        rows = [ids[i] for i in batch]
         width = max(len(r) for r in rows)
         x = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], dtype=torch.long)
         scored = torch.zeros(len(rows), width - 1, dtype=torch.bool)
-        for i, r in enumerate(rows):
-            scored[i, n_skip[start + i]:len(r) - 1] = True
+        for j, (i, r) in enumerate(zip(batch, rows)):
+            scored[j, n_skip[i]:len(r) - 1] = True
         mask = (torch.arange(width)[None, :] < torch.tensor([len(r) for r in rows])[:, None]).long()
         with torch.inference_mode():
             logits = model(input_ids=x.to(device), attention_mask=mask.to(device)).logits
             logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
             tok = -logp.gather(2, x[:, 1:, None].to(device)).squeeze(2).cpu()
         tok = torch.where(scored, tok, torch.zeros_like(tok))
-        nll[start:start + len(rows)] = tok.double().sum(1).numpy()
-        count[start:start + len(rows)] = scored.sum(1).numpy()
+        nll[batch] = tok.double().sum(1).numpy()
+        count[batch] = scored.sum(1).numpy()
     return nll, count
 
 

@@ -21,12 +21,13 @@ def lm():
 
 
 def test_tail_nll_without_skip_is_sequence_nll(lm):
-    ids = metrics.encode_for_perplexity(lm.tokenizer, ["the cat sat", "a dog ran far away"], 16, prefix="doc-start")
+    ids = metrics.encode_for_perplexity(lm.tokenizer, ["a dog ran far away today", "the cat sat", "we went"], 16,
+                                        prefix="doc-start")
     pad = lm.tokenizer.pad_token_id
-    nll, n = ppl_prefix.tail_nll(lm.model, ids, [0, 0], pad)
+    nll, n = ppl_prefix.tail_nll(lm.model, ids, [0, 0, 0], pad, batch_size=2)  # sorted by length inside
     ref_nll, ref_n = metrics.sequence_nll(lm.model, ids, pad)
-    assert n.tolist() == ref_n.tolist() and nll == pytest.approx(ref_nll, rel=1e-6)
-    skipped, m = ppl_prefix.tail_nll(lm.model, ids, [1, 1], pad)
+    assert n.tolist() == ref_n.tolist() and nll == pytest.approx(ref_nll, rel=1e-5)
+    skipped, m = ppl_prefix.tail_nll(lm.model, ids, [1, 1, 1], pad)
     assert (m == n - 1).all() and (skipped < nll).all()  # one token fewer, each NLL > 0
 
 
@@ -138,6 +139,14 @@ def test_ppl_prefix_table_flags_a_decision_the_prefix_changes(tmp_path):
     assert matched.gap_to_method_grid == pytest.approx(1150 / 1200 - 1)
     starts = evidence.ppl_prefix_starts(tmp_path)
     assert starts.loc[starts.doc_start, "ppl"].item() == 900.0 and starts.ppl_vs_best.max() == pytest.approx(9.0)
+    assert evidence.first_token_summary(starts) == (
+        "The grid's first token for perplexity is the best start on held-out news leads for no model; for m "
+        "`<|endoftext|>` gives 9.0x the perplexity of its best start (`none`).")
+    assert evidence.prefix_edits_summary(table) == (
+        "Measured again without a first token, 3 edits (m: 3): the at-most-25% perplexity rule decides the "
+        "same for 1 and differently for m Damp k=3000 α=0.5 (+20% against +40%), m Damp k=3000 α=0.5 "
+        "(control 1, perplexity) (+15% against +39%); a method's own relative change moves by at most 20 points.")
+    assert evidence.first_token_summary(starts.iloc[0:0]) == evidence.prefix_edits_summary(table.iloc[0:0]) == ""
     assert evidence.ppl_prefix_table(tmp_path / "nothing").empty
     (folder / "m.json").write_text(json.dumps({**_record(edits), "kind": "grid-run"}))
     with pytest.raises(ValueError, match="not a 'ppl-prefix' record"):

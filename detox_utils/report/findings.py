@@ -93,7 +93,9 @@ def compute() -> str:
                      if left else "")
         note = (f"Extensions (more prompts or samples, pooled into the grid's runs) and perplexity-matched "
                 f"controls: {ext_note}. {note}").strip()
-    return markdown(table, done, planned, note)
+    note = " ".join(part for part in (note, evidence.first_token_summary(evidence.ppl_prefix_starts()),
+                                      evidence.prefix_edits_summary(evidence.ppl_prefix_table())) if part)
+    return markdown(table, done, planned, note.strip())
 
 
 def main(argv: list[str] | None = None) -> int:
