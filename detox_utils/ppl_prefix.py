@@ -158,19 +158,15 @@ def record_path(folder: str | Path, model: str) -> Path:
 
 
 def read(folder: str | Path, model: str) -> dict[str, Any] | None:
-    """The ``ppl-prefix`` record of ``model`` in ``folder``, or None when there is none."""
-    import json
-
+    """The ``ppl-prefix`` record of ``model`` in ``folder`` (`results.read_record`), or None when there is
+    none; ValueError for a damaged record or one of another kind or schema."""
     path = record_path(folder, model)
     if not path.is_file():
         return None
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path} is unreadable ({err}); delete it and rerun `python -m detox_utils "
-                         f"ppl-prefix` to recreate it") from None
-    if record.get("kind") != KIND or record.get("schema") != SCHEMA:
-        raise ValueError(f"{path} is not a {KIND!r} record of schema {SCHEMA}; delete it and rerun")
+    record = results.read_record(path, KIND)
+    if record.get("schema") != SCHEMA:
+        raise ValueError(f"{path} has schema {record.get('schema')!r}, this code reads {SCHEMA}; delete it and "
+                         "rerun `python -m detox_utils ppl-prefix` to recreate it")
     return record
 
 

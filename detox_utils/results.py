@@ -2,7 +2,8 @@
 
 Every result record is a JSON object whose ``kind`` says what it is (`KINDS`): ``grid-run`` (this
 module's `write_result`), ``localization`` (`experiment.write_localization`), ``explorer``
-(`explorer.write`), ``evaluator-validation`` (`validate_evaluators.validate`). `read_record` reads any
+(`explorer.write`), ``evaluator-validation`` (`validate_evaluators.validate`), ``ppl-prefix``
+(`ppl_prefix.remeasure`). `read_record` reads any
 of them and checks the kind; records written before ``kind`` existed (grid runs, the evaluator
 validation) are taken to be the kind their reader asks for, or, asked for none, the kind their folder
 or file name says.
@@ -39,7 +40,7 @@ from . import registry
 from ._io import REPO_ROOT, atomic_path, atomic_write_json, sha256_file
 
 SCHEMA_VERSION = 1
-KINDS = ("grid-run", "localization", "explorer", "evaluator-validation")
+KINDS = ("grid-run", "localization", "explorer", "evaluator-validation", "ppl-prefix")
 GRID_RUN = "grid-run"
 TRACKED_PACKAGES = (
     "torch", "transformers", "numpy", "scikit-learn", "onnxruntime", "papermill", "gguf",
@@ -231,7 +232,8 @@ def read_samples_csv(path: str | Path) -> pd.DataFrame:
 
 _REQUIRED = {"status": str, "config": dict, "config_hash": str, "metrics": dict, "provenance": dict}
 _FIX = "delete it and rerun the batch to recreate it"
-_BY_FOLDER = {"localization": "localization", "explorer": "explorer", "evaluators": "evaluator-validation"}
+_BY_FOLDER = {"localization": "localization", "explorer": "explorer", "evaluators": "evaluator-validation",
+              "ppl-prefix": "ppl-prefix"}
 
 
 def infer_kind(path: str | Path) -> str | None:

@@ -148,6 +148,9 @@ def test_ppl_prefix_table_flags_a_decision_the_prefix_changes(tmp_path):
         "(control 1, perplexity) (+15% against +39%); a method's own relative change moves by at most 20 points.")
     assert evidence.first_token_summary(starts.iloc[0:0]) == evidence.prefix_edits_summary(table.iloc[0:0]) == ""
     assert evidence.ppl_prefix_table(tmp_path / "nothing").empty
+    (folder / "m.json").write_text(json.dumps({**_record(edits), "schema": 2}))
+    with pytest.raises(ValueError, match="schema 2"):
+        evidence.ppl_prefix_table(tmp_path)
     (folder / "m.json").write_text(json.dumps({**_record(edits), "kind": "grid-run"}))
-    with pytest.raises(ValueError, match="not a 'ppl-prefix' record"):
+    with pytest.raises(ValueError, match="is a 'grid-run' record, not 'ppl-prefix'"):
         evidence.ppl_prefix_table(tmp_path)
