@@ -181,7 +181,8 @@ def _grid_prefix(edits_: Mapping[str, Mapping], model: str) -> tuple[str, str, i
 
 
 def remeasure(folder: str | Path, model: str, prefix: str = "none", remeasure_grid: Iterable[str] = ("aura",),
-              progress: bool = True, candidates_only: bool = False) -> Path:
+              progress: bool = True, candidates_only: bool = False,
+              methods: Iterable[str] | None = None) -> Path:
     """Measure every edit of ``model``'s runs in ``folder`` under ``prefix`` (and, for the methods in
     ``remeasure_grid``, whose fits a machine may redo slightly differently, under the grid's own prefix
     too, so that the pair is of one edit); write ``<folder>/ppl-prefix/<model>.json`` after each edit.
@@ -189,7 +190,9 @@ def remeasure(folder: str | Path, model: str, prefix: str = "none", remeasure_gr
 
     The plain model comes first (every relative change is against it). Also records `start_candidates`
     of the plain model on `HELD_OUT` (100 leads); ``candidates_only`` records just those (for a model whose
-    grid prefix they show to be the best start, the edits need no second measurement)."""
+    grid prefix they show to be the best start, the edits need no second measurement). ``methods``: only
+    the edits of these methods (and the plain model), e.g. ``["aura"]`` to see which AURA runs the
+    folder's AURA fit reproduces (``run_gap`` in `evidence.ppl_prefix_table`)."""
     from . import data, metrics, models
 
     if prefix not in PPL_PREFIXES:
@@ -217,7 +220,13 @@ def remeasure(folder: str | Path, model: str, prefix: str = "none", remeasure_gr
         record["start_candidates"] = {"corpus": HELD_OUT, "n_texts": 100, "rows": start_candidates(
             lm, data.perplexity_texts(HELD_OUT, n=100), progress=progress)}
         atomic_write_json(path, {**record, "provenance": results.provenance()})
-    order = [] if candidates_only else sorted(by_key, key=lambda k: (_rank(by_key[k]["config"]), k))
+    if methods is not None:
+        known = sorted({e["config"]["method"] for e in by_key.values()})
+        unknown = sorted(set(methods) - set(known))
+        if unknown:
+            raise ValueError(f"methods {unknown} have no run of {model} in {folder}; methods there: {known}")
+    chosen = [k for k in by_key if methods is None or by_key[k]["config"]["method"] in {"none", *methods}]
+    order = [] if candidates_only else sorted(chosen, key=lambda k: (_rank(by_key[k]["config"]), k))
     for key in tqdm(order, desc=f"edits of {model}", disable=not progress):
         entry, done = by_key[key], record["edits"].get(key, {})
         want = [prefix] + ([grid_prefix] if entry["config"]["method"] in remeasure_grid else [])
@@ -280,12 +289,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the prefix to measure under (default none: no first token)")
     parser.add_argument("--candidates-only", action="store_true",
                         help="only compare the plain model's first tokens on held-out text")
+    parser.add_argument("--methods", nargs="+", metavar="METHOD",
+                        help="only the edits of these methods (and the plain model)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not Path(args.out).is_dir():
         parser.error(f"--out {args.out}: no such folder (give a result folder with grid runs)")
     try:
-        print(remeasure(args.out, args.model, prefix=args.prefix, candidates_only=args.candidates_only))
+        print(remeasure(args.out, args.model, prefix=args.prefix, candidates_only=args.candidates_only,
+                        methods=args.methods))
     except ValueError as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2

@@ -68,10 +68,12 @@ def test_remeasure_every_edit_once_and_resume(lm, tmp_path, monkeypatch):
     real = metrics.perplexity
     monkeypatch.setattr(metrics, "perplexity", lambda *a, **k: calls.append(k["prefix"]) or real(*a, **k))
 
+    ppl_prefix.remeasure(tmp_path, lm.name, prefix="none", progress=False, methods=["none"])
+    assert calls == ["none"]  # the plain model only
     path = ppl_prefix.remeasure(tmp_path, lm.name, prefix="none", progress=False)
     record = ppl_prefix.read(tmp_path, lm.name)
     assert path == ppl_prefix.record_path(tmp_path, lm.name) and record["kind"] == ppl_prefix.KIND
-    assert len(record["edits"]) == 4 and calls == ["none"] * 4  # the two plain runs are one edit
+    assert len(record["edits"]) == 4 and calls == ["none"] * 4  # the two plain runs are one edit, measured once
     by_method = {(e["method"], e["control_seed"], e["control_match"]): e for e in record["edits"].values()}
     plain_edit = by_method[("none", None, "damage")]
     assert len(plain_edit["runs"]) == 2
@@ -89,6 +91,8 @@ def test_remeasure_every_edit_once_and_resume(lm, tmp_path, monkeypatch):
     calls.clear()
     ppl_prefix.remeasure(tmp_path, lm.name, prefix="none", progress=False)
     assert calls == []  # resumed: nothing measured twice
+    with pytest.raises(ValueError, match=r"methods \['aura'\] have no run"):
+        ppl_prefix.remeasure(tmp_path, lm.name, prefix="none", progress=False, methods=["aura"])
 
     with pytest.raises(ValueError, match="is the one the runs"):
         ppl_prefix.remeasure(tmp_path, lm.name, prefix="doc-start", progress=False)
