@@ -225,6 +225,8 @@ def ppl_prefix_starts(folder: str | Path = POWERED) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     if len(table):
         table["ppl_vs_best"] = table.ppl / table.groupby("model").ppl.transform("min")
+        table["token_id"] = table.token_id.astype("Int64")
+        table = table[["model", "start", "token_id", "doc_start", "ppl", "ppl_vs_best", "n_tokens"]]
     return table
 
 
