@@ -292,12 +292,31 @@ def first_token_summary(starts: pd.DataFrame, tolerance: float = 1.05) -> str:
                       f"start (`{best[r.model]}`)" for r in worse.itertuples()) + ".")
 
 
-def prefix_edits_summary(table: pd.DataFrame) -> str:
+def prefix_edits_summary(table: pd.DataFrame, eff: pd.DataFrame | None = None) -> str:
     """One sentence on `ppl_prefix_table`: of the edits measured under both prefixes, for how many the
     at-most-25% rule decides the same (naming the others), and the most a method's own relative
-    perplexity change moves."""
+    perplexity change moves. With `effects` ``eff`` (max evaluator), a second sentence on whether any
+    verdict can depend on it: a method's own edit whose decision flips matters only in a cell where
+    that setting reduces toxicity significantly (Holm-adjusted p < `ALPHA`, factor > 1)."""
     if not len(table):
         return ""
+    text = _prefix_edits_sentence(table)
+    if eff is None or not len(eff):
+        return text
+    flips = table[~table.same_decision.astype(bool) & table.control_seed.isna()]
+    if not len(flips):
+        return text
+    flipped = set(zip(flips.model, flips.setting))
+    mx = eff[(eff.evaluator == "max") & ~eff.preprompt.astype(bool)]
+    hits = [f"{r.model}/{r.benchmark} {r.setting}" for r in mx.itertuples()
+            if (r.model, r.setting) in flipped and r.p_holm < ALPHA and r.factor > 1]
+    return text + (" None of the settings whose decision flips reduces toxicity significantly in any cell of "
+                   "its model, so no verdict depends on the first token." if not hits else
+                   " The verdicts of " + ", ".join(hits) + " rest on a significant reduction whose "
+                   "perplexity decision flips: read them under both prefixes.")
+
+
+def _prefix_edits_sentence(table: pd.DataFrame) -> str:
     flips = table[~table.same_decision.astype(bool)]
     own = table[table.control_seed.isna()]
     return (f"Measured again without a first token, {len(table)} edits ("
@@ -309,6 +328,9 @@ def prefix_edits_summary(table: pd.DataFrame) -> str:
                 + f" ({r.rel_ppl_grid:+.0%} against {r.rel_ppl_alt:+.0%})" for r in flips.itertuples()))
             + (f"; a method's own relative change moves by at most "
                f"{100 * (own.rel_ppl_alt - own.rel_ppl_grid).abs().max():.0f} points" if len(own) else "")
+            + (f"; perplexity-matched controls, matched under the grid's first token, are within "
+               f"{matched.gap_to_method_alt.abs().max():.1%} of their method's perplexity without it"
+               if len(matched := table[table.gap_to_method_alt.notna()]) else "")
             + ".")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 
@@ -149,7 +150,20 @@ def test_ppl_prefix_table_flags_a_decision_the_prefix_changes(tmp_path):
     assert evidence.prefix_edits_summary(table) == (
         "Measured again without a first token, 3 edits (m: 3): the at-most-25% perplexity rule decides the "
         "same for 1 and differently for m Damp k=3000 α=0.5 (+20% against +40%), m Damp k=3000 α=0.5 "
-        "(control 1, perplexity) (+15% against +39%); a method's own relative change moves by at most 20 points.")
+        "(control 1, perplexity) (+15% against +39%); a method's own relative change moves by at most 20 points; "
+        "perplexity-matched controls, matched under the grid's first token, are within 0.7% of their method's "
+        "perplexity without it.")
+    # whether a verdict can depend on it: only where the flipped setting reduces toxicity significantly
+    eff = pd.DataFrame({"model": ["m", "m", "m"], "benchmark": ["rtp", "slur", "rtp"], "evaluator": "max",
+                        "preprompt": False, "setting": ["Damp k=3000 α=0.5", "Damp k=3000 α=0.5", "AURA"],
+                        "p_holm": [0.2, 0.5, 0.001], "factor": [1.3, 1.1, 1.5]})
+    assert evidence.prefix_edits_summary(table, eff).endswith(
+        "None of the settings whose decision flips reduces toxicity significantly in any cell of its model, so "
+        "no verdict depends on the first token.")
+    eff.loc[1, "p_holm"] = 0.01
+    assert evidence.prefix_edits_summary(table, eff).endswith(
+        "The verdicts of m/slur Damp k=3000 α=0.5 rest on a significant reduction whose perplexity decision "
+        "flips: read them under both prefixes.")
     assert evidence.first_token_summary(starts.iloc[0:0]) == evidence.prefix_edits_summary(table.iloc[0:0]) == ""
     assert evidence.ppl_prefix_table(tmp_path / "nothing").empty
     (folder / "m.json").write_text(json.dumps({**_record(edits), "schema": 2}))
