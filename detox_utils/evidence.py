@@ -298,10 +298,8 @@ def prefix_edits_summary(table: pd.DataFrame, eff: pd.DataFrame | None = None) -
     perplexity change moves. With `effects` ``eff`` (max evaluator), a second sentence on whether any
     verdict can depend on it: a method's own edit whose decision flips matters only in a cell where
     that setting reduces toxicity significantly (Holm-adjusted p < `ALPHA`, factor > 1)."""
-    if not len(table):
-        return ""
     text = _prefix_edits_sentence(table)
-    if eff is None or not len(eff):
+    if not text or eff is None or not len(eff):
         return text
     flips = table[~table.same_decision.astype(bool) & table.control_seed.isna()]
     if not len(flips):
@@ -317,6 +315,11 @@ def prefix_edits_summary(table: pd.DataFrame, eff: pd.DataFrame | None = None) -
 
 
 def _prefix_edits_sentence(table: pd.DataFrame) -> str:
+    # a model whose tokenizer adds its own start token (Gemma's <bos>) reads its texts after the same
+    # token under both settings: its rows show only how well the folder's fits reproduce its runs
+    table = table[table.grid_prefix.fillna("") != table.alt_prefix.fillna("")]
+    if not len(table):
+        return ""
     flips = table[~table.same_decision.astype(bool)]
     own = table[table.control_seed.isna()]
     return (f"Measured again without a first token, {len(table)} edits ("

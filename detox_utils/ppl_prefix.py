@@ -212,6 +212,10 @@ def remeasure(folder: str | Path, model: str, prefix: str = "none", remeasure_gr
                                      "n_ppl": n_ppl, "grid_prefix": grid_prefix, "edits": {}}
     if (record["corpus"], record["n_ppl"], record["grid_prefix"]) != (corpus, n_ppl, grid_prefix):
         raise ValueError(f"{path} was measured on another corpus or prefix; delete it to remeasure")
+    other = sorted(set(record.get("prefixes", {})) - {grid_prefix, prefix})
+    if other:
+        raise ValueError(f"{path} holds measurements under prefix {other[0]!r}, not {prefix!r}; measure under "
+                         f"{other[0]!r} again, or delete it to measure under {prefix!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     lm = models.load(model)
     tok = lm.tokenizer

@@ -101,6 +101,8 @@ def test_remeasure_every_edit_once_and_resume(lm, tmp_path, monkeypatch):
         ppl_prefix.remeasure(tmp_path, "other", progress=False)
     with pytest.raises(ValueError, match="not allowed"):
         ppl_prefix.remeasure(tmp_path, lm.name, prefix="bos", progress=False)
+    with pytest.raises(ValueError, match="holds measurements under prefix 'none', not 'auto'"):
+        ppl_prefix.remeasure(tmp_path, lm.name, prefix="auto", progress=False)
     assert ppl_prefix.main(["--model", "other", "--out", str(tmp_path)]) == 2
 
 
@@ -165,6 +167,9 @@ def test_ppl_prefix_table_flags_a_decision_the_prefix_changes(tmp_path):
         "The verdicts of m/slur Damp k=3000 α=0.5 rest on a significant reduction whose perplexity decision "
         "flips: read them under both prefixes.")
     assert evidence.first_token_summary(starts.iloc[0:0]) == evidence.prefix_edits_summary(table.iloc[0:0]) == ""
+    # a model whose tokenizer adds its start token itself reads after it under both: not counted
+    same = table.assign(alt_prefix=table.grid_prefix)
+    assert evidence.prefix_edits_summary(same) == evidence.prefix_edits_summary(same, eff) == ""
     assert evidence.ppl_prefix_table(tmp_path / "nothing").empty
     (folder / "m.json").write_text(json.dumps({**_record(edits), "schema": 2}))
     with pytest.raises(ValueError, match="schema 2"):
