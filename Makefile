@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export PYTHONHASHSEED := 0
 
-.PHONY: venv test test-fast smoke localization results book evidence benchmarks verify clean-book
+.PHONY: venv test test-fast smoke localization results book evidence evidence-all benchmarks verify clean-book
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	@test -x $(PY) || command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: Python 3.11 is needed to \
@@ -66,6 +66,16 @@ book: results
 # so it resumes where it stopped). `make book` builds from whatever part of it is committed.
 evidence: $(STAMP) localization
 	$(PY) -m detox_utils batch --profile powered --out results/powered
+
+# Everything behind the Evidence page, in order: the grid, its extensions and the perplexity-matched
+# controls (`batch --profile P --dry-run` estimates each; finished runs are skipped, so it resumes). A
+# run that fails (an extension whose AURA fit is not its run's stops in its check step) does not stop
+# the others; the exit status says whether any failed.
+EVIDENCE_PROFILES := powered powered-extend-rtp powered-ppl-controls-rtp powered-extend-slur \
+	powered-ppl-controls-slur powered-extend-slur-qwen
+evidence-all: $(STAMP) localization
+	@status=0; for p in $(EVIDENCE_PROFILES); do \
+	  $(PY) -m detox_utils batch --profile $$p --out results/powered || status=1; done; exit $$status
 
 # Rerun the N cheapest published runs and compare them with the committed results (VERIFY_N=48: all)
 VERIFY_N ?= 2
