@@ -396,10 +396,12 @@ def encode_for_perplexity(tokenizer, texts: Sequence[str], max_length: int,
     return out
 
 
-def sequence_nll(model, ids: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+def sequence_nll(model, ids: list[list[int]], pad_id: int,
+                 n_skip: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Summed NLL and number of scored tokens per sequence, in one right-padded forward pass.
 
-    ``ids``: b token lists -> (nll [b], n_scored [b]); position 0 of each sequence is context only.
+    ``ids``: b token lists -> (nll [b], n_scored [b]); position 0 of each sequence is context only, and
+    with ``n_skip`` (b counts) so are the next ``n_skip[i]`` positions of sequence i.
     """
     width = max(len(row) for row in ids)
     input_ids = torch.tensor([row + [pad_id] * (width - len(row)) for row in ids], dtype=torch.long)
@@ -411,5 +413,7 @@ def sequence_nll(model, ids: list[list[int]], pad_id: int) -> tuple[np.ndarray, 
         target = input_ids[:, 1:].to(device)
         token_nll = -logprobs.gather(2, target[..., None]).squeeze(2)
         scored = mask[:, 1:].to(device).bool()
+        for i, skip in enumerate(n_skip or ()):
+            scored[i, :skip] = False
         token_nll = torch.where(scored, token_nll, torch.zeros_like(token_nll))
     return token_nll.double().sum(1).cpu().numpy(), scored.sum(1).cpu().numpy()

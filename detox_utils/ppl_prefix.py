@@ -63,27 +63,14 @@ def tail_nll(model, ids: list[list[int]], n_skip: Sequence[int], pad_id: int,
     first are context only (1 for a prefixed text, so its first text token is not scored; 0 without a
     prefix) -> (nll [b], n_scored [b]). Right-padded batches; padding is never scored.
     """
-    import torch
+    from . import metrics
 
     nll, count = np.zeros(len(ids)), np.zeros(len(ids), dtype=np.int64)
-    device = next(model.parameters()).device
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # batches of similar length: little padding
     for start in range(0, len(ids), batch_size):
         batch = order[start:start + batch_size]
-        rows = [ids[i] for i in batch]
-        width = max(len(r) for r in rows)
-        x = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], dtype=torch.long)
-        scored = torch.zeros(len(rows), width - 1, dtype=torch.bool)
-        for j, (i, r) in enumerate(zip(batch, rows)):
-            scored[j, n_skip[i]:len(r) - 1] = True
-        mask = (torch.arange(width)[None, :] < torch.tensor([len(r) for r in rows])[:, None]).long()
-        with torch.inference_mode():
-            logits = model(input_ids=x.to(device), attention_mask=mask.to(device)).logits
-            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-            tok = -logp.gather(2, x[:, 1:, None].to(device)).squeeze(2).cpu()
-        tok = torch.where(scored, tok, torch.zeros_like(tok))
-        nll[batch] = tok.double().sum(1).numpy()
-        count[batch] = scored.sum(1).numpy()
+        nll[batch], count[batch] = metrics.sequence_nll(model, [ids[i] for i in batch], pad_id,
+                                                        n_skip=[n_skip[i] for i in batch])
     return nll, count
 
 
@@ -216,6 +203,11 @@ def remeasure(folder: str | Path, model: str, prefix: str = "none", remeasure_gr
     if other:
         raise ValueError(f"{path} holds measurements under prefix {other[0]!r}, not {prefix!r}; measure under "
                          f"{other[0]!r} again, or delete it to measure under {prefix!r}")
+    if methods is not None:
+        known = sorted({e["config"]["method"] for e in by_key.values()})
+        unknown = sorted(set(methods) - set(known))
+        if unknown:
+            raise ValueError(f"methods {unknown} have no run of {model} in {folder}; methods there: {known}")
     path.parent.mkdir(parents=True, exist_ok=True)
     lm = models.load(model)
     tok = lm.tokenizer
@@ -224,11 +216,6 @@ def remeasure(folder: str | Path, model: str, prefix: str = "none", remeasure_gr
         record["start_candidates"] = {"corpus": HELD_OUT, "n_texts": 100, "rows": start_candidates(
             lm, data.perplexity_texts(HELD_OUT, n=100), progress=progress)}
         atomic_write_json(path, {**record, "provenance": results.provenance()})
-    if methods is not None:
-        known = sorted({e["config"]["method"] for e in by_key.values()})
-        unknown = sorted(set(methods) - set(known))
-        if unknown:
-            raise ValueError(f"methods {unknown} have no run of {model} in {folder}; methods there: {known}")
     chosen = [k for k in by_key if methods is None or by_key[k]["config"]["method"] in {"none", *methods}]
     order = [] if candidates_only else sorted(chosen, key=lambda k: (_rank(by_key[k]["config"]), k))
     for key in tqdm(order, desc=f"edits of {model}", disable=not progress):
