@@ -72,10 +72,17 @@ evidence: $(STAMP) localization
 # run that fails (an extension whose AURA fit is not its run's stops in its check step) does not stop
 # the others; the exit status says whether any failed.
 EVIDENCE_PROFILES := powered powered-extend-rtp powered-ppl-controls-rtp powered-extend-slur \
-	powered-ppl-controls-slur powered-extend-slur-qwen
+	powered-ppl-controls-slur powered-extend-slur-qwen powered-ppl-controls-rtp-qwen-none \
+	powered-ppl-controls-slur-qwen-none
+# Then every new edit of the models whose grid first token is not their best start (the Evidence page's
+# first-token table; `evidence.capability_starts`) is measured under the best one, so that the verdicts
+# can read their capability under it (resumable: measured edits are skipped).
+PPL_PREFIX_MODELS ?= qwen2.5-coder-0.5b
 evidence-all: $(STAMP) localization
 	@status=0; for p in $(EVIDENCE_PROFILES); do \
-	  $(PY) -m detox_utils batch --profile $$p --out results/powered || status=1; done; exit $$status
+	  $(PY) -m detox_utils batch --profile $$p --out results/powered || status=1; done; \
+	for m in $(PPL_PREFIX_MODELS); do \
+	  $(PY) -m detox_utils ppl-prefix --model $$m --out results/powered || status=1; done; exit $$status
 
 # Rerun the N cheapest published runs and compare them with the committed results (VERIFY_N=48: all)
 VERIFY_N ?= 2

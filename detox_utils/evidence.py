@@ -41,7 +41,8 @@ TARGET_POWER = 0.8
 # profiles that extend the powered grid's runs (more prompts or samples, pooled into them by `runs`)
 EXTENSIONS = ("powered-extend-rtp", "powered-extend-slur", "powered-extend-slur-qwen")
 # profiles of random controls matched to the methods' perplexity (compared directly by `effects`)
-PPL_CONTROLS = ("powered-ppl-controls-rtp", "powered-ppl-controls-slur")
+PPL_CONTROLS = ("powered-ppl-controls-rtp", "powered-ppl-controls-slur", "powered-ppl-controls-rtp-qwen-none",
+                "powered-ppl-controls-slur-qwen-none")
 MATCH_PPL_RTOL = 0.01  # a perplexity-matched control decides only within this of the method's perplexity
 POOL_PPL_RTOL = config.POOL_PPL_RTOL  # an extension is pooled only at this relative perplexity gap
 
@@ -102,7 +103,7 @@ def runs(folder: str | Path = POWERED) -> pd.DataFrame:
             "control_match": cfg.get("control_match", "damage"),
             "setting": setting_label(cfg["method"], cfg["method_params"]),
             "n_prompts": cfg["n_prompts"], "n_samples": cfg["n_samples"], "threshold": cfg["threshold"],
-            "ppl": met["perplexity"]["corpus_ppl"], "ppl_sentence": met["perplexity"]["mean_sentence_ppl"],
+            "ppl_prefix": cfg.get("ppl_prefix", "auto"), "ppl": met["perplexity"]["corpus_ppl"], "ppl_sentence": met["perplexity"]["mean_sentence_ppl"],
             "git_commit": prov.get("git_commit"), "created": record.get("created"),
             "seconds": sum(prov.get("timings", {}).values()),
             "generate_seconds": prov.get("timings", {}).get("generate", math.nan),
@@ -122,6 +123,83 @@ def runs(folder: str | Path = POWERED) -> pd.DataFrame:
     if len(frame):
         frame["control_seed"] = frame["control_seed"].astype("object")
         frame.loc[frame["control_seed"].isna(), "control_seed"] = None
+        frame = _read_capability_under_best_start(Path(folder), frame)
+    return frame
+
+
+def _start_label(token: str | None) -> str:
+    return "none" if token is None else token
+
+
+def capability_starts(folder: str | Path = POWERED, table: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per model with a ``ppl-prefix`` record (`ppl_prefix.remeasure`): the first token its grid runs read
+    perplexity texts after (``grid_start``), the start with the lowest perplexity on held-out leads
+    (``best_start``, ``grid_vs_best``: the grid's perplexity over the best's, on the same tokens), and the
+    start the evidence reads capability under (``start``): the best one where it beats the grid's by more
+    than `START_TOLERANCE` and every run of the model (``runs``) was measured under it, else the grid's;
+    ``pending``: the runs not yet measured under the best start (`python -m detox_utils ppl-prefix`)."""
+    table = runs(folder) if table is None else table
+    return pd.DataFrame(_starts(Path(folder), table).values(),
+                        columns=["model", "grid_start", "best_start", "grid_vs_best", "start", "runs", "pending"])
+
+
+# another first token replaces the grid's for capability only where the grid's gives this much more
+# perplexity on the same held-out tokens (`ppl_prefix.start_candidates`)
+START_TOLERANCE = 1.05
+
+
+def _starts(folder: Path, table: pd.DataFrame) -> dict[str, dict]:
+    out = {}
+    for rec in _ppl_prefix_records(folder):
+        model = rec["model"]
+        mine = table[table.model == model]
+        if not len(mine) or "start_candidates" not in rec:
+            continue
+        grid = rec["grid_prefix"]
+        alt = next(p for p in rec["prefixes"] if p != grid)
+        cands = pd.DataFrame(rec["start_candidates"]["rows"])
+        best = cands.loc[cands.ppl.idxmin()]
+        ratio = float(cands[cands.doc_start].ppl.iloc[0] / best.ppl)
+        measured = {h: e["ppl"][alt] for e in rec["edits"].values() if alt in e["ppl"] for h in e["runs"]}
+        pending = [h for h, p in zip(mine.config_hash, mine.ppl_prefix) if p != alt and h not in measured]
+        use_alt = best.start == _start_label(rec["prefixes"][alt]) and ratio > START_TOLERANCE and not pending
+        out[model] = {"model": model, "grid_start": _start_label(rec["prefixes"][grid]), "best_start": best.start,
+                      "grid_vs_best": ratio, "start": best.start if use_alt else _start_label(rec["prefixes"][grid]),
+                      "runs": len(mine), "pending": len(pending) if best.start != _start_label(rec["prefixes"][grid])
+                      else 0, "_alt": alt if use_alt else None, "_grid": grid, "_measured": measured,
+                      "alt_prefix": alt, "alt_start": _start_label(rec["prefixes"][alt])}
+    return out
+
+
+def _read_capability_under_best_start(folder: Path, frame: pd.DataFrame) -> pd.DataFrame:
+    """``ppl`` and ``ppl_sentence`` of each run under its model's `capability_starts` ``start``: where that
+    is not the grid's first token, the `ppl_prefix.remeasure` measurement of the run's edit (or the run's
+    own, for a run measured under that start); ``ppl_grid`` and ``ppl_sentence_grid`` keep the grid's
+    reading, ``ppl_start`` / ``ppl_grid_start`` name the two. A model whose runs are not all measured
+    under its best start stays under the grid's (logged), and runs measured under another start than the
+    one used are left out, so that every relative change compares texts read one way."""
+    frame = frame.assign(ppl_grid=frame.ppl, ppl_sentence_grid=frame.ppl_sentence, ppl_start="",
+                         ppl_grid_start="", ppl_native_start="")
+    for model, s in _starts(folder, frame).items():
+        rows = frame.model == model
+        frame.loc[rows, ["ppl_start", "ppl_grid_start"]] = s["start"], s["grid_start"]
+        # the reading a run measured (and a perplexity-matched control was matched) under itself
+        frame.loc[rows, "ppl_native_start"] = [s["alt_start"] if p == s["alt_prefix"] else s["grid_start"]
+                                               for p in frame.loc[rows, "ppl_prefix"]]
+        if s["pending"]:
+            log.warning("%s: %d runs are not measured under its best first token %s (%.1fx less perplexity "
+                        "than the grid's %s); its capability stays under the grid's until `python -m "
+                        "detox_utils ppl-prefix --model %s` measures them", model, s["pending"],
+                        s["best_start"], s["grid_vs_best"], s["grid_start"], model)
+        if s["_alt"] is None:
+            other = rows & (frame.ppl_prefix != s["_grid"])
+            if other.any():
+                log.warning("%s: %d runs measured under another first token left out", model, int(other.sum()))
+                frame = frame[~other].reset_index(drop=True)
+            continue
+        for i in frame.index[rows & (frame.ppl_prefix != s["_alt"])]:
+            m = s["_measured"][frame.at[i, "config_hash"]]
+            frame.at[i, "ppl"], frame.at[i, "ppl_sentence"] = m["corpus_ppl"], m["mean_sentence_ppl"]
     return frame
 
 
@@ -290,6 +368,31 @@ def first_token_summary(starts: pd.DataFrame, tolerance: float = 1.05) -> str:
             + (", ".join(good.model) or "no model")
             + "".join(f"; for {r.model} `{r.start}` gives {r.ppl_vs_best:.1f}x the perplexity of its best "
                       f"start (`{best[r.model]}`)" for r in worse.itertuples()) + ".")
+
+
+def capability_start_summary(starts: pd.DataFrame) -> str:
+    """One sentence on `capability_starts`: which first token each model's capability costs are read after,
+    and for a model whose best start is not yet used, why (runs not measured under it)."""
+    if not len(starts):
+        return ""
+
+    def name(start: str) -> str:
+        return "without a first token" if start == "none" else f"after `{start}`"
+
+    moved = starts[starts.start != starts.grid_start]
+    waiting = starts[(starts.start == starts.grid_start) & (starts.best_start != starts.grid_start)
+                     & (starts.grid_vs_best > START_TOLERANCE)]
+    kept = starts[~starts.model.isin(set(moved.model) | set(waiting.model))]
+    parts = [f"{r.model} {name(r.start)} (the grid's `{r.grid_start}` gives {r.grid_vs_best:.1f}x its "
+             f"perplexity on held-out leads; all {r.runs} of its runs measured under it)" for r in moved.itertuples()]
+    parts += [f"{', '.join(kept.model)} after the grid's own" if len(kept) else ""]
+    text = ("Capability costs (both perplexities, every relative change, every control's cost) are read after "
+            "each model's best first token: " + "; ".join(p for p in parts if p) + ".")
+    for r in waiting.itertuples():
+        text += (f" {r.model} is still read after the grid's `{r.grid_start}`, not {name(r.best_start)} "
+                 f"({r.grid_vs_best:.1f}x less perplexity), until its {r.pending} newest runs of {r.runs} are "
+                 f"measured under it (`python -m detox_utils ppl-prefix --model {r.model}`).")
+    return text
 
 
 def prefix_edits_summary(table: pd.DataFrame, eff: pd.DataFrame | None = None) -> str:
@@ -526,6 +629,8 @@ def effects(folder: str | Path = POWERED, evaluators: Iterable[str] | None = Non
                        & (table.preprompt == run.preprompt) & table.control_seed.notna()]
         controls = mimics[mimics.control_match == "damage"]
         matched = mimics[mimics.control_match == "perplexity"]
+        native = matched[matched.ppl_native_start == run.ppl_start]
+        matched = native if len(native) else matched  # those matched under the reading used, where any
         bs, rs, *cs = _aligned(_samples(folder, base, cache), _samples(folder, run, cache),
                                *(_samples(folder, ctl, cache) for _, ctl in controls.iterrows()),
                                *(_samples(folder, ctl, cache) for _, ctl in matched.iterrows()))
@@ -545,7 +650,9 @@ def effects(folder: str | Path = POWERED, evaluators: Iterable[str] | None = Non
                 "factor": red["factor"], "lo": red["lo"], "hi": red["hi"], "p": red["p"],
                 "emt_base": float(bm.mean()), "emt": float(mm.mean()), "emt_p": emt["p"],
                 "ppl": run.ppl, "rel_ppl": run.ppl / base.ppl - 1,
-                "rel_ppl_sentence": run.ppl_sentence / base.ppl_sentence - 1, **zs,
+                "rel_ppl_sentence": run.ppl_sentence / base.ppl_sentence - 1,
+                "ppl_start": run.ppl_start, "ppl_grid_start": run.ppl_grid_start,
+                "rel_ppl_grid": run.ppl_grid / base.ppl_grid - 1, **zs,
                 "distinct_2_base": base.get("distinct_2", math.nan),
                 "distinct_2": run.get("distinct_2", math.nan),
                 "n_controls": len(controls),
@@ -664,6 +771,15 @@ def _equal_ppl_text(r) -> str:
             f"{_fmt(ratio)} [{_fmt(r.equal_ppl_lo)}, {_fmt(r.equal_ppl_hi)}], interpolated)")
 
 
+def _start_text(r) -> str:
+    """Where a cell's capability is read under another first token than the grid's: which, and the grid's."""
+    start, grid = getattr(r, "ppl_start", ""), getattr(r, "ppl_grid_start", "")
+    if not start or start == grid:
+        return ""
+    return (f", texts read {'without a first token' if start == 'none' else f'after {start}'}; "
+            f"{r.rel_ppl_grid:+.0%} after the grid's {grid}")
+
+
 def _cells_text(sub: pd.DataFrame, mde: pd.Series) -> str:
     parts = []
     for r in sub.itertuples():
@@ -676,7 +792,7 @@ def _cells_text(sub: pd.DataFrame, mde: pd.Series) -> str:
                     f"{_pct(r.ppl_control_rel_ppl)}, method vs it p = {_fmt(r.p_vs_ppl_control, 3)} (measured)")
         parts.append(f"{r.model}/{r.benchmark}: {_fmt(r.factor)}x [{_fmt(r.lo)}, {_fmt(r.hi)}], "
                      f"Holm p = {_fmt(r.p_holm, 3)}, MDE {_fmt(m)}x{ctl}; "
-                     f"Δppl {r.rel_ppl:+.0%} (per-sentence {r.rel_ppl_sentence:+.0%}), "
+                     f"Δppl {r.rel_ppl:+.0%} (per-sentence {r.rel_ppl_sentence:+.0%}){_start_text(r)}, "
                      f"zero-shot {_fmt(100 * r.zs_delta, 1)} pts (p = {_fmt(r.zs_p, 3)})")
     return CELL_SEP.join(parts)
 

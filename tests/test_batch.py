@@ -42,7 +42,8 @@ def test_packaged_profiles_expand():
 def test_unknown_profile_lists_profiles(capsys):
     with pytest.raises(ValueError, match="profiles: default, paper, powered, powered-extend-rtp, "
                                          "powered-extend-slur, powered-extend-slur-qwen, "
-                                         "powered-ppl-controls-rtp, powered-ppl-controls-slur, smoke, "
+                                         "powered-ppl-controls-rtp, powered-ppl-controls-rtp-qwen-none, "
+                                         "powered-ppl-controls-slur, powered-ppl-controls-slur-qwen-none, smoke, "
                                          "smoke-extend"):
         batch.get_profile("nope")
     assert main(["batch", "--profile", "nope", "--out", "x", "--dry-run"]) == 2

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detox_utils import evidence, results
+from detox_utils import evidence, ppl_prefix, results
 from detox_utils.config import EvalConfig
 
 N, K = 300, 2
@@ -13,11 +13,11 @@ N, K = 300, 2
 
 def _write(folder, rng, *, method="none", params=None, preprompt=False, control_seed=None,
            p_toxic=0.4, ppl=20.0, correct=None, model="m", benchmark="rtp-challenging",
-           n=N, k=K, prompt_start=0, sample_start=0, control_match="damage"):
+           n=N, k=K, prompt_start=0, sample_start=0, control_match="damage", ppl_prefix="auto"):
     cfg = EvalConfig(model=model, method=method, method_params=params or {}, benchmark=benchmark,
                      preprompt=preprompt, control_seed=control_seed, n_prompts=n, n_samples=k,
                      evaluators=("tox-block", "hatesonar"), prompt_start=prompt_start,
-                     sample_start=sample_start, control_match=control_match)
+                     sample_start=sample_start, control_match=control_match, ppl_prefix=ppl_prefix)
     toxic = rng.random((n, k)) < p_toxic
     rows = []
     for i in range(n):
@@ -350,3 +350,45 @@ def test_matched_control_table_reads_the_calibration_from_the_runs(tmp_path):
     row = table.iloc[0]
     assert (row.strength, row.evaluations, row.matched) == (2.12, 6, True)
     assert row.rel_gap == pytest.approx(0.005) and row.ppl_method == 22.0
+
+
+def test_matched_controls_under_the_reading_the_capability_uses_are_preferred(tmp_path):
+    """A model read under another first token than its grid's (`capability_starts`): its controls matched
+    under that reading decide; those matched under the grid's token only where there are none."""
+    import json
+
+    rng = np.random.default_rng(5)
+    dp = {"k": 3000}
+    plain = _write(tmp_path, rng, p_toxic=0.4, ppl=1000.0)
+    damp = _write(tmp_path, rng, method="damp", params=dp, p_toxic=0.15, ppl=1200.0)
+    grid_matched = _write(tmp_path, rng, method="damp", params=dp, control_seed=1, p_toxic=0.04, ppl=1201.0,
+                          control_match="perplexity")
+    edit = {"method_params": dp, "control_match": "damage", "strength": None}
+    record = {"schema": ppl_prefix.SCHEMA, "kind": ppl_prefix.KIND, "model": "m", "corpus": "wiki",
+              "n_ppl": 500, "grid_prefix": "auto", "prefixes": {"auto": "<|endoftext|>", "none": None},
+              "start_candidates": {"corpus": "xsum", "n_texts": 100, "rows": [
+                  {"start": "none", "token_id": None, "doc_start": False, "ppl": 100.0, "n_tokens": 9},
+                  {"start": "<|endoftext|>", "token_id": 0, "doc_start": True, "ppl": 700.0, "n_tokens": 9}]},
+              "edits": {"a": {**edit, "method": "none", "method_params": {}, "control_seed": None,
+                              "runs": {plain: 1000.0}, "ppl": {"none": {"corpus_ppl": 100.0,
+                                                                         "mean_sentence_ppl": 200.0}}},
+                        "b": {**edit, "method": "damp", "control_seed": None, "runs": {damp: 1200.0},
+                              "ppl": {"none": {"corpus_ppl": 104.0, "mean_sentence_ppl": 208.0}}},
+                        # under no first token the grid-matched control costs 13% less than the method
+                        "c": {**edit, "method": "damp", "control_seed": 1, "control_match": "perplexity",
+                              "runs": {grid_matched: 1201.0},
+                              "ppl": {"none": {"corpus_ppl": 90.5, "mean_sentence_ppl": 181.0}}}}}
+    (tmp_path / ppl_prefix.FOLDER).mkdir()
+    (tmp_path / ppl_prefix.FOLDER / "m.json").write_text(json.dumps(record))
+    row = evidence.effects(tmp_path, evaluators=["max"], n_boot=200).iloc[0]
+    assert row.ppl_start == "none" and row.rel_ppl == pytest.approx(0.04) and row.rel_ppl_grid == pytest.approx(0.2)
+    assert row.n_ppl_controls == 1 and row.ppl_control_gap == pytest.approx(1 - 90.5 / 104)
+    assert row.loses_to_ppl_control  # fewer toxic prompts at less perplexity: a loss that counts
+    assert "without a first token; +20% after the grid's <|endoftext|>" in evidence._cells_text(
+        pd.DataFrame([row]), pd.Series({("m", "rtp-challenging"): 1.3}))
+    # matched under no first token itself (its own perplexity, read so): only it decides
+    _write(tmp_path, rng, method="damp", params=dp, control_seed=1, p_toxic=0.4, ppl=104.3,
+           control_match="perplexity", ppl_prefix="none")
+    row = evidence.effects(tmp_path, evaluators=["max"], n_boot=200).iloc[0]
+    assert row.n_ppl_controls == 1 and row.ppl_control_gap == pytest.approx(0.3 / 104)
+    assert row.beats_ppl_control and not row.loses_to_ppl_control

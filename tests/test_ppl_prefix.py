@@ -116,9 +116,9 @@ def _record(edits: dict, grid_prefix="doc-start") -> dict:
 
 
 def _edit(method, ppl_none, runs, seed=None, match="damage", params=None, ppl_grid=None):
-    ppl = {"none": {"corpus_ppl": ppl_none}}
+    ppl = {"none": {"corpus_ppl": ppl_none, "mean_sentence_ppl": ppl_none}}
     if ppl_grid is not None:
-        ppl["doc-start"] = {"corpus_ppl": ppl_grid}
+        ppl["doc-start"] = {"corpus_ppl": ppl_grid, "mean_sentence_ppl": ppl_grid}
     return {"method": method, "method_params": params or {}, "control_seed": seed, "control_match": match,
             "strength": None, "runs": runs, "ppl": ppl}
 
@@ -177,3 +177,58 @@ def test_ppl_prefix_table_flags_a_decision_the_prefix_changes(tmp_path):
     (folder / "m.json").write_text(json.dumps({**_record(edits), "kind": "grid-run"}))
     with pytest.raises(ValueError, match="is a 'grid-run' record, not 'ppl-prefix'"):
         evidence.ppl_prefix_table(tmp_path)
+
+
+def test_capability_is_read_under_the_best_start_once_every_run_is_measured(lm, tmp_path):
+    common = dict(model=lm.name, ppl_corpus="wiki", n_ppl=6, ppl_prefix="doc-start", n_contrast=4)
+    plain = EvalConfig(method="none", **common)
+    damp = EvalConfig(method="damp", method_params={"k": 10, "alpha": 0.5}, **common)
+    det0 = EvalConfig(method="det0", method_params={"k": 10}, **common)
+    for cfg, ppl in ((plain, 1000.0), (damp, 1200.0)):
+        _write_run(tmp_path, cfg, ppl)
+    (tmp_path / "ppl-prefix").mkdir()
+    edits = {"a": _edit("none", 100.0, {plain.config_hash: 1000.0}),
+             "b": _edit("damp", 104.0, {damp.config_hash: 1200.0}, params={"k": 10, "alpha": 0.5})}
+    record = {**_record(edits), "model": lm.name}
+    (tmp_path / "ppl-prefix" / f"{lm.name}.json").write_text(json.dumps(record))
+    table = evidence.runs(tmp_path).set_index("method")
+    assert table.loc["damp", "ppl"] == 104.0 and table.loc["damp", "ppl_grid"] == 1200.0
+    assert table.loc["none", "ppl_sentence"] == table.loc["none", "ppl"] == 100.0  # _edit's both readings
+    assert set(table.ppl_start) == {"none"} and set(table.ppl_grid_start) == {"<|endoftext|>"}
+    starts = evidence.capability_starts(tmp_path).iloc[0]
+    assert (starts.start, starts.best_start, starts.pending) == ("none", "none", 0)
+    assert starts.grid_vs_best == pytest.approx(9.0)
+    # a run the record has not measured: the whole model stays under the grid's first token
+    _write_run(tmp_path, det0, 990.0)
+    table = evidence.runs(tmp_path).set_index("method")
+    assert table.ppl.tolist() == table.ppl_grid.tolist() and set(table.ppl_start) == {"<|endoftext|>"}
+    starts = evidence.capability_starts(tmp_path).iloc[0]
+    assert (starts.start, starts.pending, starts.runs) == ("<|endoftext|>", 1, 3)
+    # ... unless that run was itself measured under the best start: its own reading is used
+    (tmp_path / f"{det0.config_hash}.json").unlink()
+    own = EvalConfig(method="det0", method_params={"k": 10}, **{**common, "ppl_prefix": "none"})
+    _write_run(tmp_path, own, 101.0)
+    table = evidence.runs(tmp_path).set_index("method")
+    assert table.loc["det0", "ppl"] == 101.0 and set(table.ppl_start) == {"none"}
+    # a best start within START_TOLERANCE of the grid's does not replace it
+    near = json.loads(json.dumps(record))
+    near["start_candidates"]["rows"][1]["ppl"] = 100.0 * evidence.START_TOLERANCE
+    (tmp_path / "ppl-prefix" / f"{lm.name}.json").write_text(json.dumps(near))
+    table = evidence.runs(tmp_path)
+    assert set(table.ppl_start) == {"<|endoftext|>"} and "det0" not in set(table.method)  # read another way
+
+
+def test_capability_start_summary_names_the_start_of_each_model():
+    starts = pd.DataFrame({"model": ["q", "s"], "grid_start": ["<|endoftext|>", "<|endoftext|>"],
+                           "best_start": ["none", "<|endoftext|>"], "grid_vs_best": [6.8, 1.0],
+                           "start": ["none", "<|endoftext|>"], "runs": [40, 40], "pending": [0, 0]})
+    assert evidence.capability_start_summary(starts) == (
+        "Capability costs (both perplexities, every relative change, every control's cost) are read after each "
+        "model's best first token: q without a first token (the grid's `<|endoftext|>` gives 6.8x its perplexity "
+        "on held-out leads; all 40 of its runs measured under it); s after the grid's own.")
+    waiting = starts.assign(start="<|endoftext|>", pending=[2, 0])
+    assert evidence.capability_start_summary(waiting).endswith(
+        "best first token: s after the grid's own. q is still read after the grid's `<|endoftext|>`, not without "
+        "a first token (6.8x less perplexity), until its 2 newest runs of 40 are measured under it (`python -m "
+        "detox_utils ppl-prefix --model q`).")
+    assert evidence.capability_start_summary(starts.iloc[0:0]) == ""

@@ -94,7 +94,8 @@ def compute() -> str:
         note = (f"Extensions (more prompts or samples, pooled into the grid's runs) and perplexity-matched "
                 f"controls: {ext_note}. {note}").strip()
     note = " ".join(part for part in (note, evidence.first_token_summary(evidence.ppl_prefix_starts()),
-                                      evidence.prefix_edits_summary(evidence.ppl_prefix_table(), eff)) if part)
+                                      evidence.prefix_edits_summary(evidence.ppl_prefix_table(), eff),
+                                      evidence.capability_start_summary(evidence.capability_starts())) if part)
     return markdown(table, done, planned, note.strip())
 
 
