@@ -36,7 +36,7 @@ import yaml
 from . import results
 from ._io import REPO_ROOT, atomic_path, file_lock, stable_hash, try_lock
 from ._progress import tqdm
-from .config import ConfigError, EvalConfig, check_result_dir, check_threads, resolve_device
+from .config import PPL_PREFIXES, ConfigError, EvalConfig, check_result_dir, check_threads, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -416,8 +416,12 @@ def _extension_estimates(runs: list[PlannedRun]) -> dict[str, float]:
     out = {}
     for r in runs:
         matched = r.config.control_match == "perplexity"
-        parent = parents.get(extension_key({**r.config.to_dict(), "control_match": "damage"} if matched
-                                           else r.config.to_dict()))
+        cfg = r.config.to_dict()
+        # a matched control's twin: its equal-damage control, measured under any first token if none
+        # under its own (a perplexity read without one costs about the same)
+        keys = ([extension_key({**cfg, "control_match": "damage", "ppl_prefix": p})
+                 for p in (cfg["ppl_prefix"], *PPL_PREFIXES)] if matched else [extension_key(cfg)])
+        parent = next((parents[k] for k in keys if k in parents), None)
         if parent is None:
             continue
         t = parent["provenance"].get("timings", {})

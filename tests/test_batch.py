@@ -288,3 +288,9 @@ def test_dry_run_estimates_an_extension_from_the_run_it_extends(tmp_path):
     seed1 = next(r for r in runs if r.config.control_seed == 1)
     assert est[seed1.config.config_hash] == pytest.approx(5 + 10 + 40 + 3 * 220 + batch.MATCH_EVALUATIONS * 40)
     assert len(est) == 1  # seed 2 has no equal-damage twin
+    # matched under another first token: its twin measured under the grid's stands in for it
+    other = {**matched, "settings": {**matched["settings"], "ppl_prefix": "none"}}
+    runs = batch.plan(other, tmp_path)
+    est = batch.estimate_seconds(runs)
+    seed1 = next(r for r in runs if r.config.control_seed == 1)
+    assert est[seed1.config.config_hash] == pytest.approx(5 + 10 + 40 + 3 * 220 + batch.MATCH_EVALUATIONS * 40)
