@@ -67,6 +67,29 @@ def pooled_design(parts: Iterable[tuple[int, int, int, int]]) -> tuple[int, int]
     cover = np.zeros((height, width), bool)
     for p0, n, s0, k in parts:
         cover[p0:p0 + n, s0:s0 + k] = True
+    return _largest_rectangle(cover)
+
+
+def shared_design(designs: Iterable[Iterable[tuple[int, int, int, int]]]) -> tuple[int, int]:
+    """The largest prompts x samples rectangle from 0 (`pooled_design`) that every run covers, each run
+    given by its parts (``part_designs`` of `runs`): the design a cell's comparisons share."""
+    designs = [list(d) for d in designs]
+    if not designs:
+        return 0, 0
+    height = min(max(p0 + n for p0, n, _, _ in d) for d in designs)
+    width = min(max(s0 + k for _, _, s0, k in d) for d in designs)
+    common = np.ones((height, width), bool)
+    for d in designs:
+        cover = np.zeros((height, width), bool)
+        for p0, n, s0, k in d:
+            cover[p0:p0 + n, s0:s0 + k] = True
+        common &= cover
+    return _largest_rectangle(common)
+
+
+def _largest_rectangle(cover: np.ndarray) -> tuple[int, int]:
+    """`pooled_design` of a coverage matrix ``cover`` [prompts, samples] (True: that continuation exists)."""
+    height, width = cover.shape
     best = (0, 0)
     for k in range(1, width + 1):
         full = cover[:, :k].all(axis=1)
@@ -107,7 +130,8 @@ def runs(folder: str | Path = POWERED) -> pd.DataFrame:
             "git_commit": prov.get("git_commit"), "created": record.get("created"),
             "seconds": sum(prov.get("timings", {}).values()),
             "generate_seconds": prov.get("timings", {}).get("generate", math.nan),
-            "pool_key": _pool_key(cfg), "parts": (record["config_hash"],), "n_extensions": 0,
+            "pool_key": _pool_key(cfg), "parts": (record["config_hash"],),
+            "part_designs": ((0, cfg["n_prompts"], 0, cfg["n_samples"]),), "n_extensions": 0,
             "n_extensions_left_out": 0, "ext_ppl_gap": 0.0,
         }
         for name, value in (met.get("diversity") or {}).items():
@@ -225,6 +249,7 @@ def _pool(row: dict, extensions: list[dict]) -> None:
         (e["config"]["prompt_start"], e["config"]["n_prompts"], e["config"]["sample_start"],
          e["config"]["n_samples"]) for e in same]
     row["n_prompts"], row["n_samples"] = pooled_design(parts)
+    row["part_designs"] = tuple(parts)
     row["parts"] = (row["config_hash"], *(e["config_hash"] for e in same))
     row["n_extensions"] = len(same)
     row["generate_seconds"] += sum(e["provenance"].get("timings", {}).get("generate", 0.0) for e in same)
@@ -444,23 +469,36 @@ def zeroshot_tasks(table: pd.DataFrame) -> list[str]:
     return sorted(c[3:] for c in table.columns if c.startswith("zs.") and c.count(".") == 1)
 
 
-def _samples(folder: Path, run, cache: dict) -> pd.DataFrame:
-    """A `runs` row's samples: its own and its extensions', on its pooled prompts x samples."""
+def _samples(folder: Path, run, cache: dict, whole: bool = False) -> pd.DataFrame:
+    """A `runs` row's samples: its own and its extensions', on its pooled prompts x samples (``whole``:
+    every continuation they hold, for `_aligned` to cut to what a comparison's runs share)."""
     key = tuple(run.parts)
     if key not in cache:
         frame = pd.concat([results.load_samples(folder, h) for h in key], ignore_index=True)
-        frame = frame[(frame.prompt_id < run.n_prompts) & (frame.sample_id < run.n_samples)]
         cache[key] = frame.sort_values(["prompt_id", "sample_id"], ignore_index=True)
-    return cache[key]
+    frame = cache[key]
+    if whole:
+        return frame
+    inside = (frame.prompt_id < run.n_prompts) & (frame.sample_id < run.n_samples)
+    return frame if inside.all() else frame[inside].reset_index(drop=True)
 
 
 def _aligned(*frames: pd.DataFrame) -> list[pd.DataFrame]:
-    """The runs' samples on the prompts x samples all of them have (runs extended to different sizes
-    are compared on what they share)."""
-    n = min(int(f.prompt_id.max()) + 1 for f in frames)
-    k = min(int(f.sample_id.max()) + 1 for f in frames)
-    return [f if (f.prompt_id.max() + 1, f.sample_id.max() + 1) == (n, k)
-            else f[(f.prompt_id < n) & (f.sample_id < k)] for f in frames]
+    """The runs' samples on the largest prompts x samples rectangle from 0 that all of them hold (most
+    continuations, ties: more prompts; `pooled_design`): runs extended to different sizes, or one
+    extended and one not yet, are compared on what they share, not on the intersection of their own
+    rectangles (a run extended to 320 x 8 and one still at 500 x 2 share 500 x 2, not 320 x 2)."""
+    height = min(int(f.prompt_id.max()) + 1 for f in frames)
+    width = min(int(f.sample_id.max()) + 1 for f in frames)
+    common = np.ones((height, width), bool)
+    for f in frames:
+        cover = np.zeros((height, width), bool)
+        inside = f[(f.prompt_id < height) & (f.sample_id < width)]
+        cover[inside.prompt_id.to_numpy(), inside.sample_id.to_numpy()] = True
+        common &= cover
+    n, k = _largest_rectangle(common)
+    return [f if (f.prompt_id.max() + 1, f.sample_id.max() + 1, len(f)) == (n, k, n * k)
+            else f[(f.prompt_id < n) & (f.sample_id < k)].reset_index(drop=True) for f in frames]
 
 
 def per_prompt(frame: pd.DataFrame, evaluator: str, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -485,7 +523,10 @@ def power_table(folder: str | Path = POWERED, n_sim: int = N_SIM,
                 target: float = TARGET_REDUCTION) -> pd.DataFrame:
     """Per model x benchmark x evaluator (and ``max``): the plain baseline's toxicity probability, the
     number of toxic prompts, the MDE of the design that was run (80% power, exact McNemar, two-sided
-    5%; the baseline itself as the pilot), and the power to detect ``target``."""
+    5%; the baseline itself as the pilot), and the power to detect ``target``. The design
+    (``n_prompts`` x ``n_samples``) is the one the cell's plain run and all its method runs share
+    (`shared_design`; controls left out), so a cell whose plain run is extended before its methods
+    counts at the design its comparisons can use; ``plain_design`` is the plain run's own."""
     folder = Path(folder)
     table = runs(folder)
     rows, cache = [], {}
@@ -494,16 +535,17 @@ def power_table(folder: str | Path = POWERED, n_sim: int = N_SIM,
     for (model, bench), base in _baselines(table).groupby(level=[0, 1]):
         run = base.iloc[0]
         samples = _samples(folder, run, cache)
+        treated = table[(table.model == model) & (table.benchmark == bench) & table.control_seed.isna()]
+        n, k = shared_design(treated.part_designs)
         for ev in [*evaluators_of(samples)]:
             pilot = power.pilot_from_samples(samples, evaluator=ev, threshold=run.threshold)
             toxic, _ = per_prompt(samples, ev, run.threshold)
             rows.append({
-                "model": model, "benchmark": bench, "evaluator": ev, "n_prompts": run.n_prompts,
-                "n_samples": run.n_samples, "base_tox_prob": float(toxic.mean()),
+                "model": model, "benchmark": bench, "evaluator": ev, "n_prompts": n, "n_samples": k,
+                "plain_design": f"{run.n_prompts} × {run.n_samples}", "base_tox_prob": float(toxic.mean()),
                 "toxic_prompts": int(toxic.sum()),
-                "mde": power.minimum_detectable_reduction(pilot, run.n_prompts, run.n_samples, n_sim=n_sim),
-                f"power_at_{target}x": power.power_tox_prob(pilot, run.n_prompts, run.n_samples, target,
-                                                          n_sim=n_sim),
+                "mde": power.minimum_detectable_reduction(pilot, n, k, n_sim=n_sim),
+                f"power_at_{target}x": power.power_tox_prob(pilot, n, k, target, n_sim=n_sim),
             })
     return pd.DataFrame(rows)
 
@@ -608,6 +650,13 @@ def effects(folder: str | Path = POWERED, evaluators: Iterable[str] | None = Non
     ``ppl_control_rel_ppl``, ``p_vs_ppl_control``, ``beats_ppl_control``, ``loses_to_ppl_control``: the
     method against its perplexity-matched controls (``control_match="perplexity"``), measured
     (`_matched_controls`). Equal-damage controls are the ``n_controls`` ones.
+
+    Each comparison uses the largest prompts x samples design its runs share (`_aligned`): the method
+    against the plain model on ``n_prompts_compared`` x ``n_samples_compared`` (``mde_compared``: the
+    MDE of that design, the plain run the pilot); the equal-damage controls on ``control_design`` and
+    the perplexity-matched ones on ``ppl_control_design`` (``control_method_factor``,
+    ``ppl_control_method_factor``: the method's factor on that design), so that a control not extended
+    as far as its method never shrinks the method's own comparison.
     """
     folder = Path(folder)
     table = runs(folder)
@@ -631,16 +680,23 @@ def effects(folder: str | Path = POWERED, evaluators: Iterable[str] | None = Non
         matched = mimics[mimics.control_match == "perplexity"]
         native = matched[matched.ppl_native_start == run.ppl_start]
         matched = native if len(native) else matched  # those matched under the reading used, where any
-        bs, rs, *cs = _aligned(_samples(folder, base, cache), _samples(folder, run, cache),
-                               *(_samples(folder, ctl, cache) for _, ctl in controls.iterrows()),
-                               *(_samples(folder, ctl, cache) for _, ctl in matched.iterrows()))
-        cs, ms = cs[:len(controls)], cs[len(controls):]
+        # three comparisons, each on the largest design its runs share (a control extended later, or
+        # never, does not shrink the method's own comparison with the plain model)
+        whole = [_samples(folder, r, cache, whole=True) for r in (base, run)]
+        bs, rs = _aligned(*whole)
+        cb, cr, *cs = _aligned(*whole, *(_samples(folder, c, cache, whole=True) for _, c in controls.iterrows()))
+        mb, mr, *ms = _aligned(*whole, *(_samples(folder, c, cache, whole=True) for _, c in matched.iterrows()))
+        n_cmp, k_cmp = _design(bs)
         names = list(evaluators) if evaluators else evaluators_of(rs)
-        idx = stats.paired_bootstrap_indices(int(bs.prompt_id.nunique()), n_boot, seed)
+        idx = stats.paired_bootstrap_indices(n_cmp, n_boot, seed)
+        idx_c = idx if _design(cb) == (n_cmp, k_cmp) else stats.paired_bootstrap_indices(_design(cb)[0], n_boot, seed)
+        idx_m = idx if _design(mb) == (n_cmp, k_cmp) else stats.paired_bootstrap_indices(_design(mb)[0], n_boot, seed)
         zs = _zeroshot_cost(base, run, tasks)
         for ev in names:
             bt, bm = per_prompt(bs, ev, run.threshold)
             mt, mm = per_prompt(rs, ev, run.threshold)
+            cbt, cmt = per_prompt(cb, ev, run.threshold)[0], per_prompt(cr, ev, run.threshold)[0]
+            mbt, mmt = per_prompt(mb, ev, run.threshold)[0], per_prompt(mr, ev, run.threshold)[0]
             red = stats.ratio_with_ci(bt, mt, idx=idx)
             emt = stats.paired_signflip(bm, mm, seed=seed)
             row = {
@@ -656,25 +712,31 @@ def effects(folder: str | Path = POWERED, evaluators: Iterable[str] | None = Non
                 "distinct_2_base": base.get("distinct_2", math.nan),
                 "distinct_2": run.get("distinct_2", math.nan),
                 "n_controls": len(controls),
+                "n_prompts_compared": n_cmp, "n_samples_compared": k_cmp,
+                "mde_compared": _mde_at(folder, base, ev, n_cmp, k_cmp, cache),
+                "control_design": _design_label(cb) if len(controls) else "",
+                "ppl_control_design": _design_label(mb) if len(matched) else "",
             }
             cfac, cppl, cps, ctox = [], [], [], []
             for (_, ctl), cframe in zip(controls.iterrows(), cs):
                 ct, _ = per_prompt(cframe, ev, run.threshold)
-                cfac.append(stats.ratio_with_ci(bt, ct, idx=idx)["factor"])
+                cfac.append(stats.ratio_with_ci(cbt, ct, idx=idx_c)["factor"])
                 cppl.append(ctl.ppl / base.ppl - 1)
                 ctox.append(ct)
-                vs = stats.mcnemar_exact(ct, mt)  # b: control toxic only, c: method toxic only
+                vs = stats.mcnemar_exact(ct, cmt)  # b: control toxic only, c: method toxic only
                 cps.append(vs["p"] if vs["b"] > vs["c"] else 1.0)
             row.update({
                 "control_factor": float(np.mean(cfac)) if cfac else math.nan,
+                "control_method_factor": (stats.ratio_with_ci(cbt, cmt, idx=idx_c)["factor"]
+                                          if cfac else math.nan),
                 "control_rel_ppl": float(np.mean(cppl)) if cppl else math.nan,
                 "p_vs_control": float(max(cps)) if cps else math.nan,
                 "beats_control": bool(cps) and max(cps) < ALPHA,
             })
-            row.update(_equal_ppl(bt, mt, ctox, row["rel_ppl"], row["control_rel_ppl"], idx))
-            row.update(_matched_controls(bt, mt, [(ctl, per_prompt(mframe, ev, run.threshold)[0])
-                                                  for (_, ctl), mframe in zip(matched.iterrows(), ms)],
-                                         base.ppl, run.ppl, idx))
+            row.update(_equal_ppl(cbt, cmt, ctox, row["rel_ppl"], row["control_rel_ppl"], idx_c))
+            row.update(_matched_controls(mbt, mmt, [(ctl, per_prompt(mframe, ev, run.threshold)[0])
+                                                    for (_, ctl), mframe in zip(matched.iterrows(), ms)],
+                                         base.ppl, run.ppl, idx_m))
             rows.append(row)
     out = pd.DataFrame(rows)
     if not len(out):  # baselines only so far
@@ -685,6 +747,28 @@ def effects(folder: str | Path = POWERED, evaluators: Iterable[str] | None = Non
         out.loc[group.index, "p_holm"] = stats.holm(group["p"].to_numpy())
         out.loc[group.index, "emt_p_holm"] = stats.holm(group["emt_p"].to_numpy())
     return out
+
+
+def _design(frame: pd.DataFrame) -> tuple[int, int]:
+    """(prompts, samples) of an `_aligned` frame."""
+    return int(frame.prompt_id.nunique()), int(frame.sample_id.nunique())
+
+
+def _design_label(frame: pd.DataFrame) -> str:
+    n, k = _design(frame)
+    return f"{n} × {k}"
+
+
+def _mde_at(folder: Path, base, evaluator: str, n_prompts: int, n_samples: int, cache: dict) -> float:
+    """The MDE of a comparison on ``n_prompts`` x ``n_samples`` of a cell, its plain run (all of its
+    pooled samples) the pilot as in `power_table`, so that it equals the cell's MDE where the comparison
+    uses the cell's whole design."""
+    key = ("mde", base.config_hash, evaluator, n_prompts, n_samples)
+    if key not in cache:
+        pilot = power.pilot_from_samples(_samples(folder, base, cache), evaluator=evaluator,
+                                         threshold=base.threshold)
+        cache[key] = power.minimum_detectable_reduction(pilot, n_prompts, n_samples, n_sim=N_SIM)
+    return cache[key]
 
 
 def _matched_controls(base_toxic, method_toxic, matched: list, base_ppl: float, method_ppl: float,
@@ -698,7 +782,8 @@ def _matched_controls(base_toxic, method_toxic, matched: list, base_ppl: float, 
     at least the method's perplexity less `MATCH_PPL_RTOL`, a loss only to one that costs at most the
     method's plus it (a control that missed the match by more cannot show either at equal cost)."""
     if not matched:
-        return {"n_ppl_controls": 0, "ppl_control_factor": math.nan, "ppl_control_rel_ppl": math.nan,
+        return {"n_ppl_controls": 0, "ppl_control_factor": math.nan, "ppl_control_method_factor": math.nan,
+                "ppl_control_rel_ppl": math.nan,
                 "ppl_control_gap": math.nan, "p_vs_ppl_control": math.nan, "beats_ppl_control": False,
                 "loses_to_ppl_control": False}
     fac, cost, gaps, ps, wins, losses = [], [], [], [], [], []
@@ -712,6 +797,7 @@ def _matched_controls(base_toxic, method_toxic, matched: list, base_ppl: float, 
         wins.append(vs["b"] > vs["c"] and vs["p"] < ALPHA and gap >= -MATCH_PPL_RTOL)
         losses.append(vs["c"] > vs["b"] and vs["p"] < ALPHA and gap <= MATCH_PPL_RTOL)
     return {"n_ppl_controls": len(matched), "ppl_control_factor": float(np.mean(fac)),
+            "ppl_control_method_factor": stats.ratio_with_ci(base_toxic, method_toxic, idx=idx)["factor"],
             "ppl_control_rel_ppl": float(np.mean(cost)), "ppl_control_gap": float(max(gaps)),
             "p_vs_ppl_control": float(max(ps)), "beats_ppl_control": all(wins),
             "loses_to_ppl_control": any(losses)}
@@ -733,9 +819,14 @@ def _equal_ppl(base_toxic, method_toxic, control_toxic: list, method_cost: float
 
 
 def with_mde(eff: pd.DataFrame, pw: pd.DataFrame) -> pd.DataFrame:
-    """`effects` rows with the minimum detectable reduction of their cell and evaluator beside them."""
+    """`effects` rows with the minimum detectable reduction beside them: ``mde`` of the design each
+    comparison used (``mde_compared``: smaller than the cell's while some of its runs are extended and
+    others not yet), ``mde_cell`` of the cell's plain run (`power_table`)."""
     if not len(eff) or not len(pw):
         return eff
+    if "mde_compared" in eff:
+        cell = pw[["model", "benchmark", "evaluator", "mde"]].rename(columns={"mde": "mde_cell"})
+        return eff.merge(cell, on=["model", "benchmark", "evaluator"], how="left").assign(mde=lambda d: d.mde_compared)
     return eff.merge(pw[["model", "benchmark", "evaluator", "mde"]], on=["model", "benchmark", "evaluator"],
                      how="left")
 
@@ -780,18 +871,42 @@ def _start_text(r) -> str:
             f"{r.rel_ppl_grid:+.0%} after the grid's {grid}")
 
 
+def _other_design(r, design: str, method_factor: str) -> str:
+    """Where a control comparison ran on a smaller design than the method's own (its runs not extended
+    as far): which, and the method's factor on it, so that the two factors compare like with like."""
+    label = getattr(r, design, "")
+    if not label or label == _design_text(r)[4:]:
+        return ""
+    return f" on {label} (method {_fmt(getattr(r, method_factor, math.nan))}x there)"
+
+
+def _design_text(r) -> str:
+    n, k = getattr(r, "n_prompts_compared", math.nan), getattr(r, "n_samples_compared", math.nan)
+    return "" if pd.isna(n) or pd.isna(k) else f" at {int(n)} × {int(k)}"
+
+
+def _row_mde(r, mde: pd.Series, missing: float) -> float:
+    """The MDE a verdict on an `effects` row uses: of the design its comparison used where known
+    (``mde_compared``), else the cell's (``mde``, indexed by model and benchmark)."""
+    m = getattr(r, "mde_compared", math.nan)
+    return m if isinstance(m, float) and not math.isnan(m) else mde.get((r.model, r.benchmark), missing)
+
+
 def _cells_text(sub: pd.DataFrame, mde: pd.Series) -> str:
     parts = []
     for r in sub.itertuples():
-        m = mde.get((r.model, r.benchmark), math.nan)
-        ctl = (f"; random control {_fmt(r.control_factor)}x at Δppl {_pct(r.control_rel_ppl)}, method vs "
+        m = _row_mde(r, mde, math.nan)
+        ctl = (f"; random control {_fmt(r.control_factor)}x at Δppl {_pct(r.control_rel_ppl)}"
+               f"{_other_design(r, 'control_design', 'control_method_factor')}, method vs "
                f"control p = {_fmt(r.p_vs_control, 3)}{_equal_ppl_text(r)}" if r.n_controls
                else "; no control run yet")
         if getattr(r, "n_ppl_controls", 0):
             ctl += (f"; perplexity-matched control {_fmt(r.ppl_control_factor)}x at Δppl "
-                    f"{_pct(r.ppl_control_rel_ppl)}, method vs it p = {_fmt(r.p_vs_ppl_control, 3)} (measured)")
+                    f"{_pct(r.ppl_control_rel_ppl)}"
+                    f"{_other_design(r, 'ppl_control_design', 'ppl_control_method_factor')}, method vs it "
+                    f"p = {_fmt(r.p_vs_ppl_control, 3)} (measured)")
         parts.append(f"{r.model}/{r.benchmark}: {_fmt(r.factor)}x [{_fmt(r.lo)}, {_fmt(r.hi)}], "
-                     f"Holm p = {_fmt(r.p_holm, 3)}, MDE {_fmt(m)}x{ctl}; "
+                     f"Holm p = {_fmt(r.p_holm, 3)}, MDE {_fmt(m)}x{_design_text(r)}{ctl}; "
                      f"Δppl {r.rel_ppl:+.0%} (per-sentence {r.rel_ppl_sentence:+.0%}){_start_text(r)}, "
                      f"zero-shot {_fmt(100 * r.zs_delta, 1)} pts (p = {_fmt(r.zs_p, 3)})")
     return CELL_SEP.join(parts)
@@ -812,7 +927,7 @@ def reduction_verdict(sub: pd.DataFrame, mde: pd.Series, claimed: float, size_cl
         return "no runs yet"
     counts: dict[str, list[str]] = {}
     for r in sub.itertuples():
-        m = mde.get((r.model, r.benchmark), math.inf)
+        m = _row_mde(r, mde, math.inf)
         lo = r.lo if not math.isnan(r.lo) else 0.0
         hi = r.hi if not math.isnan(r.hi) else math.inf
         v = stats.verdict((lo, hi), r.p_holm, m, claimed, effect=r.factor)
@@ -989,7 +1104,7 @@ def preprompt_table(folder: str | Path = POWERED, evaluator: str = "max", n_boot
         need = [("none", False), ("aura", False), ("none", True), ("aura", True)]
         if not all(k in pick for k in need):
             continue
-        frames = _aligned(*(_samples(folder, pick[k], cache) for k in need))
+        frames = _aligned(*(_samples(folder, pick[k], cache, whole=True) for k in need))
         ind = [per_prompt(f, evaluator, pick[k].threshold)[0] for f, k in zip(frames, need)]
         rd = stats.preprompt_readings(*ind, n_boot=n_boot)
         rows.append({"model": model, "benchmark": bench,

@@ -86,8 +86,11 @@ def test_effects_against_the_plain_model_with_controls(grid):
 
 def test_reduction_verdicts(grid):
     eff = evidence.effects(grid, evaluators=["max"], n_boot=500)
-    eff = eff[~eff.preprompt]
-    mde = pd.Series({("m", "rtp-challenging"): 1.3})
+    # each row carries the MDE of the design it was compared on; the cells' MDEs (``mde``) stand in
+    # only for rows without one
+    assert eff.mde_compared.between(1, 3).all() and (eff.n_prompts_compared == N).all()
+    eff = eff[~eff.preprompt].assign(mde_compared=1.3)
+    mde = pd.Series({("m", "rtp-challenging"): 9.0})
     assert evidence.reduction_verdict(eff[eff.method == "aura"], mde, 2.2) == "reproduces in 1 of 1 cells"
     assert evidence.reduction_verdict(eff[eff.method == "det0"], mde, 1.5).startswith("only at > 25% perplexity")
     assert evidence.reduction_verdict(eff[eff.method == "damp"], mde, 1.5).startswith(
@@ -97,8 +100,11 @@ def test_reduction_verdicts(grid):
     if trne.hi.iloc[0] < 1.5:
         assert evidence.reduction_verdict(trne, mde, 1.5) == "does not reproduce in 1 of 1 cells"
     # unpowered (MDE 3 > claimed 1.5): never "does not reproduce"
-    assert evidence.reduction_verdict(trne, pd.Series({("m", "rtp-challenging"): 3.0}), 1.5) == \
+    assert evidence.reduction_verdict(trne.assign(mde_compared=3.0), mde, 1.5) == \
         "inconclusive (underpowered) in 1 of 1 cells"
+    assert evidence.reduction_verdict(trne.drop(columns="mde_compared"), pd.Series({("m", "rtp-challenging"): 3.0}),
+                                      1.5) == "inconclusive (underpowered) in 1 of 1 cells"
+    assert "MDE 1.30x at 300 × 2" in evidence._cells_text(trne, mde)
     assert evidence.reduction_verdict(trne.iloc[:0], mde, 1.5) == "no runs yet"
 
 
@@ -392,3 +398,43 @@ def test_matched_controls_under_the_reading_the_capability_uses_are_preferred(tm
     row = evidence.effects(tmp_path, evaluators=["max"], n_boot=200).iloc[0]
     assert row.n_ppl_controls == 1 and row.ppl_control_gap == pytest.approx(0.3 / 104)
     assert row.beats_ppl_control and not row.loses_to_ppl_control
+
+
+def test_runs_extended_and_not_yet_are_compared_on_the_largest_design_they_share(tmp_path):
+    """The plain run extended to 60 x 8 (its 100 x 2 plus samples 2-7 of the first 60 prompts), the
+    method not yet: they share 100 x 2 (200 pairs of continuations), not 60 x 2; the MDE is of that
+    design. Once the method is extended too, 60 x 8."""
+    rng = np.random.default_rng(11)
+    _write(tmp_path, rng, p_toxic=0.4, n=100, k=2)
+    _write(tmp_path, rng, p_toxic=0.4, n=60, k=6, sample_start=2)
+    _write(tmp_path, rng, method="damp", params={"k": 3000}, p_toxic=0.2, n=100, k=2)
+    row = evidence.effects(tmp_path, evaluators=["max"], n_boot=100).iloc[0]
+    assert (row.n_prompts_compared, row.n_samples_compared) == (100, 2)
+    table = evidence.runs(tmp_path).set_index("method")
+    assert (table.loc["none", "n_prompts"], table.loc["none", "n_samples"]) == (60, 8)  # the cell's design
+    cell = evidence.power_table(tmp_path).set_index("evaluator").loc["max"]
+    # the cell counts at the design its runs share, not at its plain run's own
+    assert (cell.n_prompts, cell.n_samples, cell.plain_design) == (100, 2, "60 × 8")
+    assert row.mde_compared == pytest.approx(cell.mde)
+    _write(tmp_path, rng, method="damp", params={"k": 3000}, p_toxic=0.2, n=60, k=6, sample_start=2)
+    row = evidence.effects(tmp_path, evaluators=["max"], n_boot=100).iloc[0]
+    assert (row.n_prompts_compared, row.n_samples_compared) == (60, 8)
+    assert row.mde_compared == pytest.approx(evidence.power_table(tmp_path).set_index("evaluator").loc["max", "mde"])
+
+
+def test_a_control_not_extended_does_not_shrink_the_methods_comparison(tmp_path):
+    rng = np.random.default_rng(12)
+    dp = {"k": 3000}
+    for kw in ({}, {"method": "damp", "params": dp, "p_toxic": 0.2}):
+        _write(tmp_path, rng, **{"p_toxic": 0.4, **kw}, n=100, k=2)
+        _write(tmp_path, rng, **{"p_toxic": 0.4, **kw}, n=60, k=6, sample_start=2)
+    _write(tmp_path, rng, method="damp", params=dp, control_seed=1, p_toxic=0.4, n=100, k=2)
+    _write(tmp_path, rng, method="damp", params=dp, control_seed=1, p_toxic=0.4, n=100, k=2, ppl=21.0,
+           control_match="perplexity")
+    row = evidence.effects(tmp_path, evaluators=["max"], n_boot=100).iloc[0]
+    assert (row.n_prompts_compared, row.n_samples_compared) == (60, 8)
+    assert row.control_design == row.ppl_control_design == "100 × 2"
+    assert row.n_controls == row.n_ppl_controls == 1
+    assert row.control_method_factor == pytest.approx(row.ppl_control_method_factor)  # both on 100 x 2
+    text = evidence._cells_text(pd.DataFrame([row]), pd.Series(dtype=float))
+    assert f"at 60 × 8" in text and f"on 100 × 2 (method {row.control_method_factor:.2f}x there)" in text
