@@ -173,7 +173,9 @@ def remeasure(folder: str | Path, model: str, prefix: str = "none", remeasure_gr
     """Measure every edit of ``model``'s runs in ``folder`` under ``prefix`` (and, for the methods in
     ``remeasure_grid``, whose fits a machine may redo slightly differently, under the grid's own prefix
     too, so that the pair is of one edit); write ``<folder>/ppl-prefix/<model>.json`` after each edit.
-    Edits already in the record (same key, same prefix) are skipped. Returns the record's path.
+    Edits already in the record (same key, same prefix) are skipped, and so are runs measured under
+    another prefix than the plain model's (e.g. controls matched under ``prefix`` itself: their own
+    reading is the one wanted). Returns the record's path.
 
     The plain model comes first (every relative change is against it). Also records `start_candidates`
     of the plain model on `HELD_OUT` (100 leads); ``candidates_only`` records just those (for a model whose
@@ -185,14 +187,20 @@ def remeasure(folder: str | Path, model: str, prefix: str = "none", remeasure_gr
     if prefix not in PPL_PREFIXES:
         raise ValueError(f"prefix {prefix!r} is not allowed; allowed: {', '.join(PPL_PREFIXES)}")
     every = edits(_all(folder))
-    by_key = {k: e for k, e in every.items() if e["config"]["model"] == model}
-    if not by_key:
+    mine = {k: e for k, e in every.items() if e["config"]["model"] == model}
+    if not mine:
         raise ValueError(f"no finished run of model {model!r} in {folder}; models there: "
                          f"{sorted({e['config']['model'] for e in every.values()})}")
-    corpus, grid_prefix, n_ppl = _grid_prefix(by_key, model)
-    if prefix == grid_prefix:
+    # the grid's prefix is its plain model's: only runs measured under it are measured again (a control
+    # matched under another prefix, e.g. ``prefix`` itself, has its own reading)
+    plain = {e["config"].get("ppl_prefix", "auto") for e in mine.values()
+             if e["config"]["method"] == "none" and e["config"].get("control_seed") is None}
+    by_key = ({k: e for k, e in mine.items() if e["config"].get("ppl_prefix", "auto") in plain}
+              if len(plain) == 1 else mine)
+    if prefix in plain:
         raise ValueError(f"prefix {prefix!r} is the one the runs of {model} were measured with; give another "
-                         f"({', '.join(p for p in PPL_PREFIXES if p != grid_prefix)})")
+                         f"({', '.join(p for p in PPL_PREFIXES if p != prefix)})")
+    corpus, grid_prefix, n_ppl = _grid_prefix(by_key, model)
     texts = data.perplexity_texts(corpus, n=n_ppl)
     path = record_path(folder, model)
     record = read(folder, model) or {"schema": SCHEMA, "kind": KIND, "model": model, "corpus": corpus,

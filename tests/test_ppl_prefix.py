@@ -90,6 +90,10 @@ def test_remeasure_every_edit_once_and_resume(lm, tmp_path, monkeypatch):
     assert [r["start"] for r in record["start_candidates"]["rows"]][0] == "none"
 
     calls.clear()
+    # a control matched under no prefix itself (its own reading is the one wanted): not measured again
+    _write_run(tmp_path, EvalConfig(method="det0", method_params={"k": 10}, control_seed=1,
+                                    control_match="perplexity", **{**common, "ppl_prefix": "none"}), 14.0,
+               control={"strength": 0.7, "seed": 1, "matched": True})
     ppl_prefix.remeasure(tmp_path, lm.name, prefix="none", progress=False)
     assert calls == []  # resumed: nothing measured twice
     with pytest.raises(ValueError, match=r"methods \['aura'\] have no run"):
