@@ -60,21 +60,14 @@ def pooled_design(parts: Iterable[tuple[int, int, int, int]]) -> tuple[int, int]
     ``(prompt_start, n_prompts, sample_start, n_samples)``. Returns ``(n_prompts, n_samples)`` with
     the most continuations (ties: more prompts), (0, 0) when the parts do not cover prompt 0, sample 0."""
     parts = list(parts)
-    if not parts:
-        return 0, 0
-    height = max(p0 + n for p0, n, _, _ in parts)
-    width = max(s0 + k for _, _, s0, k in parts)
-    cover = np.zeros((height, width), bool)
-    for p0, n, s0, k in parts:
-        cover[p0:p0 + n, s0:s0 + k] = True
-    return _largest_rectangle(cover)
+    return shared_design([parts]) if parts else (0, 0)
 
 
 def shared_design(designs: Iterable[Iterable[tuple[int, int, int, int]]]) -> tuple[int, int]:
     """The largest prompts x samples rectangle from 0 (`pooled_design`) that every run covers, each run
     given by its parts (``part_designs`` of `runs`): the design a cell's comparisons share."""
     designs = [list(d) for d in designs]
-    if not designs:
+    if not designs or not all(designs):
         return 0, 0
     height = min(max(p0 + n for p0, n, _, _ in d) for d in designs)
     width = min(max(s0 + k for _, _, s0, k in d) for d in designs)
@@ -126,7 +119,8 @@ def runs(folder: str | Path = POWERED) -> pd.DataFrame:
             "control_match": cfg.get("control_match", "damage"),
             "setting": setting_label(cfg["method"], cfg["method_params"]),
             "n_prompts": cfg["n_prompts"], "n_samples": cfg["n_samples"], "threshold": cfg["threshold"],
-            "ppl_prefix": cfg.get("ppl_prefix", "auto"), "ppl": met["perplexity"]["corpus_ppl"], "ppl_sentence": met["perplexity"]["mean_sentence_ppl"],
+            "ppl_prefix": cfg.get("ppl_prefix", "auto"), "ppl": met["perplexity"]["corpus_ppl"],
+            "ppl_sentence": met["perplexity"]["mean_sentence_ppl"],
             "git_commit": prov.get("git_commit"), "created": record.get("created"),
             "seconds": sum(prov.get("timings", {}).values()),
             "generate_seconds": prov.get("timings", {}).get("generate", math.nan),
@@ -186,12 +180,12 @@ def _starts(folder: Path, table: pd.DataFrame) -> dict[str, dict]:
         ratio = float(cands[cands.doc_start].ppl.iloc[0] / best.ppl)
         measured = {h: e["ppl"][alt] for e in rec["edits"].values() if alt in e["ppl"] for h in e["runs"]}
         pending = [h for h, p in zip(mine.config_hash, mine.ppl_prefix) if p != alt and h not in measured]
-        use_alt = best.start == _start_label(rec["prefixes"][alt]) and ratio > START_TOLERANCE and not pending
-        out[model] = {"model": model, "grid_start": _start_label(rec["prefixes"][grid]), "best_start": best.start,
-                      "grid_vs_best": ratio, "start": best.start if use_alt else _start_label(rec["prefixes"][grid]),
-                      "runs": len(mine), "pending": len(pending) if best.start != _start_label(rec["prefixes"][grid])
-                      else 0, "_alt": alt if use_alt else None, "_grid": grid, "_measured": measured,
-                      "alt_prefix": alt, "alt_start": _start_label(rec["prefixes"][alt])}
+        grid_start, alt_start = _start_label(rec["prefixes"][grid]), _start_label(rec["prefixes"][alt])
+        use_alt = best.start == alt_start and ratio > START_TOLERANCE and not pending
+        out[model] = {"model": model, "grid_start": grid_start, "best_start": best.start, "grid_vs_best": ratio,
+                      "start": alt_start if use_alt else grid_start, "runs": len(mine),
+                      "pending": len(pending) if best.start != grid_start else 0, "use_alt": use_alt,
+                      "grid_prefix": grid, "alt_prefix": alt, "alt_start": alt_start, "measured": measured}
     return out
 
 
@@ -215,14 +209,14 @@ def _read_capability_under_best_start(folder: Path, frame: pd.DataFrame) -> pd.D
                         "than the grid's %s); its capability stays under the grid's until `python -m "
                         "detox_utils ppl-prefix --model %s` measures them", model, s["pending"],
                         s["best_start"], s["grid_vs_best"], s["grid_start"], model)
-        if s["_alt"] is None:
-            other = rows & (frame.ppl_prefix != s["_grid"])
+        if not s["use_alt"]:
+            other = rows & (frame.ppl_prefix != s["grid_prefix"])
             if other.any():
                 log.warning("%s: %d runs measured under another first token left out", model, int(other.sum()))
                 frame = frame[~other].reset_index(drop=True)
             continue
-        for i in frame.index[rows & (frame.ppl_prefix != s["_alt"])]:
-            m = s["_measured"][frame.at[i, "config_hash"]]
+        for i in frame.index[rows & (frame.ppl_prefix != s["alt_prefix"])]:
+            m = s["measured"][frame.at[i, "config_hash"]]
             frame.at[i, "ppl"], frame.at[i, "ppl_sentence"] = m["corpus_ppl"], m["mean_sentence_ppl"]
     return frame
 
@@ -687,16 +681,19 @@ def effects(folder: str | Path = POWERED, evaluators: Iterable[str] | None = Non
         cb, cr, *cs = _aligned(*whole, *(_samples(folder, c, cache, whole=True) for _, c in controls.iterrows()))
         mb, mr, *ms = _aligned(*whole, *(_samples(folder, c, cache, whole=True) for _, c in matched.iterrows()))
         n_cmp, k_cmp = _design(bs)
+        same_c, same_m = _design(cb) == (n_cmp, k_cmp), _design(mb) == (n_cmp, k_cmp)
         names = list(evaluators) if evaluators else evaluators_of(rs)
         idx = stats.paired_bootstrap_indices(n_cmp, n_boot, seed)
-        idx_c = idx if _design(cb) == (n_cmp, k_cmp) else stats.paired_bootstrap_indices(_design(cb)[0], n_boot, seed)
-        idx_m = idx if _design(mb) == (n_cmp, k_cmp) else stats.paired_bootstrap_indices(_design(mb)[0], n_boot, seed)
+        idx_c = idx if same_c else stats.paired_bootstrap_indices(_design(cb)[0], n_boot, seed)
+        idx_m = idx if same_m else stats.paired_bootstrap_indices(_design(mb)[0], n_boot, seed)
         zs = _zeroshot_cost(base, run, tasks)
         for ev in names:
             bt, bm = per_prompt(bs, ev, run.threshold)
             mt, mm = per_prompt(rs, ev, run.threshold)
-            cbt, cmt = per_prompt(cb, ev, run.threshold)[0], per_prompt(cr, ev, run.threshold)[0]
-            mbt, mmt = per_prompt(mb, ev, run.threshold)[0], per_prompt(mr, ev, run.threshold)[0]
+            cbt, cmt = (bt, mt) if same_c else (per_prompt(cb, ev, run.threshold)[0],
+                                                 per_prompt(cr, ev, run.threshold)[0])
+            mbt, mmt = (bt, mt) if same_m else (per_prompt(mb, ev, run.threshold)[0],
+                                                 per_prompt(mr, ev, run.threshold)[0])
             red = stats.ratio_with_ci(bt, mt, idx=idx)
             emt = stats.paired_signflip(bm, mm, seed=seed)
             row = {
@@ -875,14 +872,20 @@ def _other_design(r, design: str, method_factor: str) -> str:
     """Where a control comparison ran on a smaller design than the method's own (its runs not extended
     as far): which, and the method's factor on it, so that the two factors compare like with like."""
     label = getattr(r, design, "")
-    if not label or label == _design_text(r)[4:]:
+    if not label or label == _design_label_of(r):
         return ""
     return f" on {label} (method {_fmt(getattr(r, method_factor, math.nan))}x there)"
 
 
-def _design_text(r) -> str:
+def _design_label_of(r) -> str:
+    """``"n × k"`` of an `effects` row's own comparison ("" where the row has none)."""
     n, k = getattr(r, "n_prompts_compared", math.nan), getattr(r, "n_samples_compared", math.nan)
-    return "" if pd.isna(n) or pd.isna(k) else f" at {int(n)} × {int(k)}"
+    return "" if pd.isna(n) or pd.isna(k) else f"{int(n)} × {int(k)}"
+
+
+def _design_text(r) -> str:
+    label = _design_label_of(r)
+    return f" at {label}" if label else ""
 
 
 def _row_mde(r, mde: pd.Series, missing: float) -> float:
