@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from detox_utils import batch, power, report, results
+from detox_utils import batch, evidence, power, report, results
 from detox_utils._io import REPO_ROOT
 
 PILOT = REPO_ROOT / "results" / "default"  # the first grid: its baselines are the pilot
@@ -28,3 +28,24 @@ def test_powered_design_fits_the_benchmarks(benchmark, available):
     profile = batch.get_profile("powered")
     assert benchmark in profile["benchmarks"]
     assert profile["settings"]["n_prompts"] <= available
+
+
+def _designs(names) -> dict[tuple[str, str], tuple[int, int]]:
+    """(model, benchmark) -> the (prompts, samples) design the profiles ``names`` bring a cell to,
+    the powered grid's runs pooled with their extensions."""
+    parts: dict[tuple[str, str], list] = {}
+    for name in ("powered", *names):
+        for c in batch.expand(batch.get_profile(name)):
+            parts.setdefault((c.model, c.benchmark), set()).add(
+                (c.prompt_start, c.n_prompts, c.sample_start, c.n_samples))
+    return {cell: evidence.pooled_design(sorted(p)) for cell, p in parts.items()}
+
+
+def test_perplexity_matched_controls_run_at_their_methods_extended_design():
+    # a control at a smaller design than its method's would cut their comparison to the control's power
+    extended = _designs(evidence.EXTENSIONS)
+    for name in evidence.PPL_CONTROLS:
+        for c in batch.expand(batch.get_profile(name)):
+            assert c.control_match == "perplexity" and c.control_seed is not None
+            assert (c.prompt_start, c.sample_start) == (0, 0), name
+            assert (c.n_prompts, c.n_samples) == extended[(c.model, c.benchmark)], (name, c.model, c.benchmark)
