@@ -71,11 +71,19 @@ def shared_design(designs: Iterable[Iterable[tuple[int, int, int, int]]]) -> tup
         return 0, 0
     height = min(max(p0 + n for p0, n, _, _ in d) for d in designs)
     width = min(max(s0 + k for _, _, s0, k in d) for d in designs)
+    return _common_rectangle(height, width, [[(slice(p0, p0 + n), slice(s0, s0 + k)) for p0, n, s0, k in d]
+                                             for d in designs])
+
+
+def _common_rectangle(height: int, width: int, covers: Iterable[Iterable[tuple]]) -> tuple[int, int]:
+    """`_largest_rectangle` of the continuations every run holds: ``covers`` has one entry per run, a
+    list of ``(prompts, samples)`` indexers (slices, or paired index arrays) into a [height, width]
+    matrix, the continuations that run holds."""
     common = np.ones((height, width), bool)
-    for d in designs:
+    for cells in covers:
         cover = np.zeros((height, width), bool)
-        for p0, n, s0, k in d:
-            cover[p0:p0 + n, s0:s0 + k] = True
+        for rows, cols in cells:
+            cover[rows, cols] = True
         common &= cover
     return _largest_rectangle(common)
 
@@ -484,13 +492,8 @@ def _aligned(*frames: pd.DataFrame) -> list[pd.DataFrame]:
     rectangles (a run extended to 320 x 8 and one still at 500 x 2 share 500 x 2, not 320 x 2)."""
     height = min(int(f.prompt_id.max()) + 1 for f in frames)
     width = min(int(f.sample_id.max()) + 1 for f in frames)
-    common = np.ones((height, width), bool)
-    for f in frames:
-        cover = np.zeros((height, width), bool)
-        inside = f[(f.prompt_id < height) & (f.sample_id < width)]
-        cover[inside.prompt_id.to_numpy(), inside.sample_id.to_numpy()] = True
-        common &= cover
-    n, k = _largest_rectangle(common)
+    inside = [f[(f.prompt_id < height) & (f.sample_id < width)] for f in frames]
+    n, k = _common_rectangle(height, width, [[(i.prompt_id.to_numpy(), i.sample_id.to_numpy())] for i in inside])
     return [f if (f.prompt_id.max() + 1, f.sample_id.max() + 1, len(f)) == (n, k, n * k)
             else f[(f.prompt_id < n) & (f.sample_id < k)].reset_index(drop=True) for f in frames]
 

@@ -311,7 +311,9 @@ def perplexity(lm, texts: Sequence[str], batch_size: int = 8, max_length: int = 
     (the convention of lm-evaluation-harness's rolling log-likelihood); with neither, the first token is
     context only. ``prefix`` overrides this: a token id to prepend instead (e.g. a model's true
     document separator: SmolLM2-Instruct's BOS is ``<|im_start|>``, its pre-training separator
-    ``<|endoftext|>`` = 0), or ``"none"`` to prepend nothing. Every token after the first position is
+    ``<|endoftext|>`` = 0), or ``"none"`` to prepend nothing (a tokenizer that starts every text with
+    its BOS itself, Gemma's, keeps it: ``"none"`` then reads after that BOS; `ppl_prefix` measures a
+    start with no token at all separately). Every token after the first position is
     scored: NLL_t = -log p(x_t | x_<t). Batches are right-padded and padding is masked out of the loss (so the result
     equals an unbatched computation up to floating point).
 
@@ -378,7 +380,8 @@ def encode_for_perplexity(tokenizer, texts: Sequence[str], max_length: int,
     """Token ids per text: the tokenizer's special tokens, then a prefix token prepended unless the text
     already starts with it, truncated to ``max_length`` tokens. ``prefix``: ``"auto"`` the BOS token,
     else EOS (the convention of the first published grid; SmolLM2's BOS is a chat-turn token);
-    ``"doc-start"`` `document_start_id`; an int: that id; ``"none"``: no prefix."""
+    ``"doc-start"`` `document_start_id`; an int: that id; ``"none"``: no prefix (the tokenizer's own
+    special tokens stay, e.g. Gemma's BOS)."""
     if prefix == "auto":
         prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     elif prefix == "doc-start":
