@@ -438,3 +438,23 @@ def test_a_control_not_extended_does_not_shrink_the_methods_comparison(tmp_path)
     assert row.control_method_factor == pytest.approx(row.ppl_control_method_factor)  # both on 100 x 2
     text = evidence._cells_text(pd.DataFrame([row]), pd.Series(dtype=float))
     assert f"at 60 × 8" in text and f"on 100 × 2 (method {row.control_method_factor:.2f}x there)" in text
+
+
+def test_a_matched_control_run_at_the_extended_design_is_compared_on_all_of_it(tmp_path):
+    """`powered-ppl-controls-slur` runs its controls at 320 x 8 in one run, not 500 x 2 plus an
+    extension: the method (500 x 2 plus samples 2-7 of the first 320 prompts, scaled here to 100 / 60)
+    and that control share 60 x 8, the method's own design, so the comparison has its power."""
+    rng = np.random.default_rng(13)
+    dp = {"k": 3000}
+    for kw in ({}, {"method": "damp", "params": dp, "p_toxic": 0.2}):
+        _write(tmp_path, rng, **{"p_toxic": 0.4, **kw}, n=100, k=2)
+        _write(tmp_path, rng, **{"p_toxic": 0.4, **kw}, n=60, k=6, sample_start=2)
+    _write(tmp_path, rng, method="damp", params=dp, control_seed=1, p_toxic=0.4, n=60, k=8, ppl=21.0,
+           control_match="perplexity")
+    row = evidence.effects(tmp_path, evaluators=["max"], n_boot=100).iloc[0]
+    assert (row.n_prompts_compared, row.n_samples_compared) == (60, 8)
+    assert row.ppl_control_design == "60 × 8" and row.n_ppl_controls == 1
+    assert row.ppl_control_method_factor == pytest.approx(row.factor)  # the same 60 x 8 continuations
+    assert row.beats_ppl_control  # 0.2 against 0.4 per sample, on 60 prompts x 8 samples
+    text = evidence._cells_text(pd.DataFrame([row]), pd.Series(dtype=float))
+    assert "perplexity-matched control" in text and "(method " not in text  # no second design to name
