@@ -33,7 +33,7 @@ def test_powered_design_fits_the_benchmarks(benchmark, available):
 def _designs(names) -> dict[tuple[str, str], tuple[int, int]]:
     """(model, benchmark) -> the (prompts, samples) design the profiles ``names`` bring a cell to,
     the powered grid's runs pooled with their extensions."""
-    parts: dict[tuple[str, str], list] = {}
+    parts: dict[tuple[str, str], set] = {}
     for name in ("powered", *names):
         for c in batch.expand(batch.get_profile(name)):
             parts.setdefault((c.model, c.benchmark), set()).add(
