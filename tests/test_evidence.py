@@ -458,3 +458,36 @@ def test_a_matched_control_run_at_the_extended_design_is_compared_on_all_of_it(t
     assert row.beats_ppl_control  # 0.2 against 0.4 per sample, on 60 prompts x 8 samples
     text = evidence._cells_text(pd.DataFrame([row]), pd.Series(dtype=float))
     assert "perplexity-matched control" in text and "(method " not in text  # no second design to name
+
+
+def test_grid_status_says_how_long_the_runs_left_would_take(tmp_path):
+    """The book and the README's findings block say how far each profile has got and what its runs
+    left would cost, from `batch.estimate_seconds` (computed, not hand-typed)."""
+    import yaml
+
+    from detox_utils import batch
+
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text(yaml.safe_dump({"p": {
+        "models": ["m1", "m2"], "benchmarks": ["rtp-challenging", "slur-prefixes"], "settings": {"n_prompts": 2},
+        "methods": [{"method": "none"}]}}))
+    runs = batch.plan(batch.get_profile("p", profiles), tmp_path)
+
+    def finish(r, timings):  # a complete run: result, samples, executed notebook
+        results.write_samples(results.samples_path(r.result_path), pd.DataFrame({"prompt_id": [0]}))
+        results.write_result(r.result_path, config=r.config.to_dict(), config_hash=r.config.config_hash,
+                             metrics={}, provenance={"timings": timings})
+        batch.notebook_path(r.result_path).parent.mkdir(exist_ok=True)
+        batch.notebook_path(r.result_path).write_text('{"cells": []}')
+
+    finish(runs[0], {"generate": 1700.0, "load_model": 100.0})  # m1 on rtp: 1800 s measured
+    st = evidence.grid_status(tmp_path, "p", profiles_path=profiles).set_index("model")
+    assert st.loc["m1", "runs done"] == 1 and st.loc["m1", "runs planned"] == 2
+    assert st.loc["m1", "hours left (est.)"] == 0.5  # its slur run, estimated from its rtp run
+    assert np.isnan(st.loc["m2", "hours left (est.)"])  # nothing of m2 measured
+    assert evidence.hours_left_note(st.reset_index()) == " (time left not estimated: no finished run to estimate from)"
+    assert evidence.hours_left_note(st.loc[["m1"]].reset_index()) == " (about 0.5 h left)"
+    for r in runs[1:]:
+        finish(r, {"generate": 10.0})
+    st = evidence.grid_status(tmp_path, "p", profiles_path=profiles)
+    assert (st["hours left (est.)"] == 0).all() and evidence.hours_left_note(st) == ""

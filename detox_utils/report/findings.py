@@ -85,12 +85,15 @@ def compute() -> str:
     note = power_note(pw) if len(pw) else ""
     ext = [(p, evidence.grid_status(profile=p)) for p in (*evidence.EXTENSIONS, *evidence.PPL_CONTROLS)]
     ext_note = "; ".join(f"{p}: {int(st['runs done'].sum())} of {int(st['runs planned'].sum())} runs"
-                         for p, st in ext if len(st))
+                         + evidence.hours_left_note(st) for p, st in ext if len(st))
     if ext_note:
         check = evidence.extension_check()
         left = int((~check.pooled).sum()) if len(check) else 0
         ext_note += (f"; {left} extension runs left out (their perplexity shows another edit than their run's)"
                      if left else "")
+        if " h left)" in ext_note:
+            ext_note += ("; hours left are `batch --dry-run`'s estimate from the measured step times of the "
+                         "finished runs")
         note = (f"Extensions (more prompts or samples, pooled into the grid's runs) and perplexity-matched "
                 f"controls: {ext_note}. {note}").strip()
     note = " ".join(part for part in (note, evidence.first_token_summary(evidence.ppl_prefix_starts()),
