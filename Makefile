@@ -71,10 +71,11 @@ evidence: $(STAMP) localization
 # controls (`batch --profile P --dry-run` estimates each; finished runs are skipped, so it resumes). A
 # run that fails (an extension whose AURA fit is not its run's stops in its check step) does not stop
 # the others; the exit status says whether any failed.
-# (powered-ppl-controls-rtp last: all it has left is Qwen's TRNE control matched under <|endoftext|>,
-# which the one matched without a first token supersedes)
-EVIDENCE_PROFILES := powered powered-extend-rtp powered-extend-slur powered-ppl-controls-slur \
-	powered-extend-slur-qwen powered-ppl-controls-rtp-qwen-none powered-ppl-controls-slur-qwen-none \
+# (the extensions first: the Qwen slur one turns that cell's "inconclusive (underpowered)" verdicts into
+# answers; powered-ppl-controls-rtp last: all it has left is Qwen's TRNE control matched under
+# <|endoftext|>, which the one matched without a first token supersedes)
+EVIDENCE_PROFILES := powered powered-extend-rtp powered-extend-slur powered-extend-slur-qwen \
+	powered-ppl-controls-slur powered-ppl-controls-rtp-qwen-none powered-ppl-controls-slur-qwen-none \
 	powered-ppl-controls-rtp
 # Then every new edit of the models whose grid first token is not their best start (the Evidence page's
 # first-token table; `evidence.capability_starts`) is measured under the best one, so that the verdicts
