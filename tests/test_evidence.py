@@ -483,11 +483,13 @@ def test_grid_status_says_how_long_the_runs_left_would_take(tmp_path):
     finish(runs[0], {"generate": 1700.0, "load_model": 100.0})  # m1 on rtp: 1800 s measured
     st = evidence.grid_status(tmp_path, "p", profiles_path=profiles).set_index("model")
     assert st.loc["m1", "runs done"] == 1 and st.loc["m1", "runs planned"] == 2
+    assert st.loc["m1", "hours spent"] == 0.5 and st.loc["m2", "hours spent"] == 0
     assert st.loc["m1", "hours left (est.)"] == 0.5  # its slur run, estimated from its rtp run
     assert np.isnan(st.loc["m2", "hours left (est.)"])  # nothing of m2 measured
-    assert evidence.hours_left_note(st.reset_index()) == " (time left not estimated: no finished run to estimate from)"
-    assert evidence.hours_left_note(st.loc[["m1"]].reset_index()) == " (about 0.5 h left)"
+    assert (evidence.hours_left_note(st.reset_index())
+            == " (0.5 h measured, time left not estimated: no finished run to estimate from)")
+    assert evidence.hours_left_note(st.loc[["m1"]].reset_index()) == " (0.5 h measured, about 0.5 h left)"
     for r in runs[1:]:
-        finish(r, {"generate": 10.0})
+        finish(r, {"generate": 1800.0})
     st = evidence.grid_status(tmp_path, "p", profiles_path=profiles)
-    assert (st["hours left (est.)"] == 0).all() and evidence.hours_left_note(st) == ""
+    assert (st["hours left (est.)"] == 0).all() and evidence.hours_left_note(st) == " (2.0 h measured)"

@@ -91,11 +91,11 @@ def compute() -> str:
         left = int((~check.pooled).sum()) if len(check) else 0
         ext_note += (f"; {left} extension runs left out (their perplexity shows another edit than their run's)"
                      if left else "")
-        if " h left)" in ext_note:
-            ext_note += ("; hours left are `batch --dry-run`'s estimate from the measured step times of the "
-                         "finished runs")
         note = (f"Extensions (more prompts or samples, pooled into the grid's runs) and perplexity-matched "
                 f"controls: {ext_note}. {note}").strip()
+    if done:
+        note = (f"The grid's runs took {status['hours spent'].sum():.1f} h (hours measured: the sum of the "
+                "finished runs' step times; hours left: `batch --dry-run`'s estimate from them). " + note)
     note = " ".join(part for part in (note, evidence.first_token_summary(evidence.ppl_prefix_starts()),
                                       evidence.prefix_edits_summary(evidence.ppl_prefix_table(), eff),
                                       evidence.capability_start_summary(evidence.capability_starts())) if part)
