@@ -1161,6 +1161,14 @@ def grid_status(folder: str | Path = POWERED, profile: str = "powered",
     return pd.DataFrame(rows)
 
 
+def extension_status(folder: str | Path = POWERED) -> pd.DataFrame:
+    """`grid_status` of every extension and perplexity-matched-control profile (`EXTENSIONS`,
+    `PPL_CONTROLS`, in that order), one frame with a ``profile`` column first."""
+    frames = [grid_status(folder, profile=p).assign(profile=p) for p in (*EXTENSIONS, *PPL_CONTROLS)]
+    out = pd.concat(frames, ignore_index=True)
+    return out[["profile", *(c for c in out.columns if c != "profile")]]
+
+
 def hours_left_note(status: pd.DataFrame) -> str:
     """What a profile's `grid_status` cost and has left, for a sentence: ``" (9.1 h measured, about 1.3 h
     left)"``; ``" (19.3 h measured)"`` when complete, ``" (about 8.3 h left)"`` before any run; "time left

@@ -83,9 +83,9 @@ def compute() -> str:
     table = evidence.claims(loc_records=load_localization(), validation_scores=read_scores(VALIDATION_FILE),
                             eff=eff, pw=pw if len(pw) else None)
     note = power_note(pw) if len(pw) else ""
-    ext = [(p, evidence.grid_status(profile=p)) for p in (*evidence.EXTENSIONS, *evidence.PPL_CONTROLS)]
+    ext = evidence.extension_status().groupby("profile", sort=False)
     ext_note = "; ".join(f"{p}: {int(st['runs done'].sum())} of {int(st['runs planned'].sum())} runs"
-                         + evidence.hours_left_note(st) for p, st in ext if len(st))
+                         + evidence.hours_left_note(st) for p, st in ext)
     if ext_note:
         check = evidence.extension_check()
         left = int((~check.pooled).sum()) if len(check) else 0
